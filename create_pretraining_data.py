@@ -1,0 +1,948 @@
+"""Turn raw text into masked-LM / next-sentence-prediction TFRecord files.
+
+    python create_pretraining_data.py --input_file=corpus.txt --vocab_file=vocab.txt \
+        --output_file=data/train.tfrecord
+
+The input format is the original BERT release's: one sentence per line, a blank line
+between documents. Each training instance is `[CLS] A [SEP] B [SEP]` where B is the
+true continuation of A half of the time and a span of another document otherwise, with
+about 15% of the tokens masked for the masked-LM task.
+
+Unlike the original release, which tokenizes the whole corpus into memory and builds
+every instance in one process, this script streams: documents are read in chunks of
+about --chunk_mb of text, every chunk is tokenized, turned into instances (for all
+--dupe_factor rounds), shuffled and serialized by one of --num_workers processes, and
+the chunks' records are written in chunk order. Memory is therefore bounded by the
+chunk size whatever the corpus size, and the output is identical for any --num_workers
+because each chunk's random generator is seeded from (--random_seed, chunk index).
+The trade-off: the random "B" segments of next-sentence negatives are drawn from the
+same chunk rather than the whole corpus, and instances are shuffled within a chunk
+rather than globally (training shuffles again across files and records).
+
+TensorFlow is not imported here: records are serialized with a small hand-written
+`tf.train.Example` encoder and framed as TFRecords, which keeps start-up fast and the
+worker processes light.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import struct
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import google_crc32c
+
+import tokenization
+
+# ----------------------------------------------------------------------------------------
+# The record format. This is the single declaration of the feature spec: the reader in
+# input_pipeline.py builds its parsing spec from the same function.
+
+
+def feature_spec(max_seq_length: int, max_predictions_per_seq: int) -> dict[str, tuple[str, int]]:
+    """The TFRecord features of one training instance, as in the original release.
+
+    Args:
+        max_seq_length: Tokens per instance, padding included.
+        max_predictions_per_seq: Masked-LM predictions per instance, padding included.
+
+    Returns:
+        Ordered mapping from feature name to (dtype, length); dtype is "int64" or
+        "float32" (a `tf.train.FloatList`).
+    """
+    return {
+        "input_ids": ("int64", max_seq_length),
+        "input_mask": ("int64", max_seq_length),
+        "segment_ids": ("int64", max_seq_length),
+        "masked_lm_positions": ("int64", max_predictions_per_seq),
+        "masked_lm_ids": ("int64", max_predictions_per_seq),
+        "masked_lm_weights": ("float32", max_predictions_per_seq),
+        "next_sentence_labels": ("int64", 1),
+    }
+
+
+METADATA_FORMAT = "bert-gpu pretraining data"
+METADATA_VERSION = 1
+
+
+def metadata_path(record_path: str) -> str:
+    """The JSON file that describes how the TFRecord file `record_path` was made."""
+    return record_path + ".json"
+
+
+# ----------------------------------------------------------------------------------------
+# Options
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """How instances are built; the flags of the original release with its defaults."""
+
+    max_seq_length: int = 128
+    max_predictions_per_seq: int = 20
+    masked_lm_prob: float = 0.15
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 10
+    do_whole_word_mask: bool = False
+    random_seed: int = 12345
+
+    def __post_init__(self):
+        problems = []
+        if not 5 <= self.max_seq_length <= 65536:
+            problems.append(
+                f"--max_seq_length={self.max_seq_length}: expected an integer from 5 "
+                "([CLS] a [SEP] b [SEP]) to 65536"
+            )
+        if not 1 <= self.max_predictions_per_seq <= max(1, self.max_seq_length - 3):
+            problems.append(
+                f"--max_predictions_per_seq={self.max_predictions_per_seq}: expected 1 to "
+                f"max_seq_length - 3 = {self.max_seq_length - 3}"
+            )
+        if not 0.0 < self.masked_lm_prob <= 1.0:
+            problems.append(f"--masked_lm_prob={self.masked_lm_prob}: expected 0 < p <= 1")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            problems.append(f"--short_seq_prob={self.short_seq_prob}: expected 0 <= p <= 1")
+        if self.dupe_factor < 1:
+            problems.append(f"--dupe_factor={self.dupe_factor}: expected at least 1")
+        if problems:
+            raise ValueError("invalid data options:\n  " + "\n  ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSpec:
+    """How to build the tokenizer; picklable, so each worker process builds its own."""
+
+    vocab_file: str | None = None
+    spm_model_file: str | None = None
+    do_lower_case: bool = True
+
+    def build(self):
+        if self.spm_model_file:
+            return tokenization.SentencePieceTokenizer(
+                self.spm_model_file, do_lower_case=self.do_lower_case
+            )
+        return tokenization.FullTokenizer(self.vocab_file, do_lower_case=self.do_lower_case)
+
+    @property
+    def path(self) -> str:
+        return self.spm_model_file or self.vocab_file
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+    """What instance building needs to know of the vocabulary, as plain ids."""
+
+    size: int
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    is_continuation: Sequence[bool]  # [vocab_size]; True for "##" pieces
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> Vocab:
+        special = tokenizer.special_token_ids()
+        return cls(
+            size=tokenizer.vocab_size,
+            cls_id=special[tokenization.CLS],
+            sep_id=special[tokenization.SEP],
+            mask_id=special[tokenization.MASK],
+            is_continuation=tokenizer.continuation_mask(),
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Instances: pure functions over lists of token ids with an explicit random generator.
+
+
+@dataclasses.dataclass(slots=True)
+class TrainingInstance:
+    """One `[CLS] A [SEP] B [SEP]` example before padding.
+
+    Attributes:
+        token_ids: [n] ids after masking, n <= max_seq_length.
+        num_a: Number of tokens of segment A (so segment ids are 0 for the first
+            num_a + 2 tokens, 1 for the rest).
+        masked_positions: Sorted positions of the masked-LM predictions.
+        masked_ids: Original ids at `masked_positions`.
+        is_random_next: True when B is a random span of another document.
+    """
+
+    token_ids: list[int]
+    num_a: int
+    masked_positions: list[int]
+    masked_ids: list[int]
+    is_random_next: bool
+
+
+def truncate_seq_pair(
+    tokens_a: list[int], tokens_b: list[int], max_num_tokens: int, rng: random.Random
+) -> bool:
+    """Truncates a pair in place to at most `max_num_tokens` tokens in total.
+
+    As the original: one token at a time is removed from the longer segment, from its
+    front or its back with equal probability, so that truncation does not always cut
+    the end of the text.
+
+    Returns:
+        True if anything was removed.
+    """
+    excess = len(tokens_a) + len(tokens_b) - max_num_tokens
+    if excess <= 0:
+        return False
+    # Work on index windows instead of deleting from the front of lists (O(n) each).
+    a_start, a_end, b_start, b_end = 0, len(tokens_a), 0, len(tokens_b)
+    draw = rng.random
+    for _ in range(excess):
+        if a_end - a_start > b_end - b_start:
+            if draw() < 0.5:
+                a_start += 1
+            else:
+                a_end -= 1
+        elif draw() < 0.5:
+            b_start += 1
+        else:
+            b_end -= 1
+    tokens_a[:] = tokens_a[a_start:a_end]
+    tokens_b[:] = tokens_b[b_start:b_end]
+    return True
+
+
+def create_masked_lm_predictions(
+    token_ids: list[int],
+    num_a: int,
+    options: DataOptions,
+    vocab: Vocab,
+    rng: random.Random,
+) -> tuple[list[int], list[int], list[int]]:
+    """Chooses and applies the masked-LM predictions of one `[CLS] A [SEP] B [SEP]`.
+
+    min(max_predictions_per_seq, max(1, round(n * masked_lm_prob))) positions are drawn
+    among the non-special tokens (n counts all tokens, as the original); each is replaced
+    by [MASK] 80% of the time, by a uniformly random vocabulary id 10% of the time and
+    left unchanged 10% of the time. With whole-word masking, the pieces of a word (a
+    token and the "##" pieces after it) are chosen together, and a word that would
+    overshoot the number of predictions is skipped, as the original does.
+
+    Args:
+        token_ids: [n] ids of `[CLS] A [SEP] B [SEP]`.
+        num_a: Length of segment A.
+        options: Masking options.
+        vocab: Special ids, vocabulary size and continuation flags.
+        rng: The random generator.
+
+    Returns:
+        (masked token ids [n], sorted masked positions [k], original ids there [k]).
+    """
+    n = len(token_ids)
+    num_to_predict = min(options.max_predictions_per_seq, max(1, round(n * options.masked_lm_prob)))
+    sep_a = num_a + 1  # position of the first [SEP]
+    if not options.do_whole_word_mask:
+        candidates = [*range(1, sep_a), *range(sep_a + 1, n - 1)]
+        positions = sorted(rng.sample(candidates, min(num_to_predict, len(candidates))))
+    else:
+        # Group word pieces; a segment's first token always starts a group (even a "##"
+        # piece left first by truncation), so no word spans a [SEP].
+        is_continuation = vocab.is_continuation
+        groups: list[list[int]] = []
+        for start, end in ((1, sep_a), (sep_a + 1, n - 1)):
+            for i in range(start, end):
+                if i > start and is_continuation[token_ids[i]]:
+                    groups[-1].append(i)
+                else:
+                    groups.append([i])
+        rng.shuffle(groups)
+        positions = []
+        for group in groups:
+            if len(positions) >= num_to_predict:
+                break
+            if len(positions) + len(group) <= num_to_predict:
+                positions.extend(group)
+        positions.sort()
+
+    output = list(token_ids)
+    labels = [token_ids[p] for p in positions]
+    draw = rng.random
+    for p in positions:
+        r = draw()
+        if r < 0.8:
+            output[p] = vocab.mask_id
+        elif r >= 0.9:
+            output[p] = rng.randrange(vocab.size)
+        # else (10%): keep the original token
+    return output, positions, labels
+
+
+def create_instances_from_document(
+    documents: Sequence[Sequence[list[int]]],
+    document_index: int,
+    options: DataOptions,
+    vocab: Vocab,
+    rng: random.Random,
+    stats: collections.Counter | None = None,
+) -> list[TrainingInstance]:
+    """Builds the instances of one document, as the original release does.
+
+    Sentences are accumulated until they reach a target length (max_seq_length - 3, or
+    with probability short_seq_prob a random length from 2, drawn once per document);
+    the accumulated sentences are split at a random sentence boundary into A and B. Half
+    of the time (always when there is a single sentence) B is replaced by a span of a
+    random other document of `documents`, and the sentences that were not used for A are
+    put back to start the next instance.
+
+    Args:
+        documents: Documents of the current chunk; each a list of sentences, each a list
+            of token ids.
+        document_index: Which document to build instances from.
+        options: Data options.
+        vocab: Special ids and vocabulary facts.
+        rng: The random generator.
+        stats: Optional counter for "truncated" and "random_next".
+
+    Returns:
+        The document's instances, in order.
+    """
+    document = documents[document_index]
+    max_num_tokens = options.max_seq_length - 3
+    # Usually fill the whole sequence; sometimes use shorter ones to reduce the mismatch
+    # between pretraining and fine-tuning on short inputs.
+    target_seq_length = max_num_tokens
+    if rng.random() < options.short_seq_prob:
+        target_seq_length = rng.randint(2, max_num_tokens)
+
+    instances = []
+    current_chunk: list[list[int]] = []
+    current_length = 0
+    i = 0
+    while i < len(document):
+        segment = document[i]
+        current_chunk.append(segment)
+        current_length += len(segment)
+        if i == len(document) - 1 or current_length >= target_seq_length:
+            a_end = 1
+            if len(current_chunk) >= 2:
+                a_end = rng.randint(1, len(current_chunk) - 1)
+            tokens_a = [t for sentence in current_chunk[:a_end] for t in sentence]
+
+            tokens_b: list[int] = []
+            is_random_next = len(current_chunk) == 1 or rng.random() < 0.5
+            if is_random_next:
+                target_b_length = target_seq_length - len(tokens_a)
+                # Ten tries to draw another document, as the original; a chunk of a
+                # single document falls back to itself.
+                for _ in range(10):
+                    random_index = rng.randint(0, len(documents) - 1)
+                    if random_index != document_index:
+                        break
+                random_document = documents[random_index]
+                for sentence in random_document[rng.randint(0, len(random_document) - 1) :]:
+                    tokens_b.extend(sentence)
+                    if len(tokens_b) >= target_b_length:
+                        break
+                # The unused sentences are put back for the next instance.
+                i -= len(current_chunk) - a_end
+            else:
+                for sentence in current_chunk[a_end:]:
+                    tokens_b.extend(sentence)
+
+            truncated = truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+            num_a = len(tokens_a)
+            token_ids = [vocab.cls_id, *tokens_a, vocab.sep_id, *tokens_b, vocab.sep_id]
+            token_ids, positions, labels = create_masked_lm_predictions(
+                token_ids, num_a, options, vocab, rng
+            )
+            instances.append(TrainingInstance(token_ids, num_a, positions, labels, is_random_next))
+            if stats is not None:
+                stats["truncated_pairs"] += truncated
+                stats["random_next"] += is_random_next
+            current_chunk = []
+            current_length = 0
+        i += 1
+    return instances
+
+
+# ----------------------------------------------------------------------------------------
+# Serialization: tf.train.Example protocol buffers and TFRecord framing, by hand.
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return tag + _varint(len(payload)) + payload
+
+
+class ExampleEncoder:
+    """Serializes TrainingInstances to `tf.train.Example` bytes and TFRecord frames.
+
+    Wire format (proto3): Example{features=1: Features{feature=1: map<string, Feature>}},
+    Feature{float_list=2: FloatList{value=1 packed float}, int64_list=3:
+    Int64List{value=1 packed int64}}. Each map entry is a message {key=1, value=2}.
+    """
+
+    def __init__(self, max_seq_length: int, max_predictions_per_seq: int, vocab_size: int):
+        self.max_seq_length = max_seq_length
+        self.max_predictions = max_predictions_per_seq
+        self.spec = feature_spec(max_seq_length, max_predictions_per_seq)
+        # Varint bytes of every value an int64 feature can hold.
+        self._varints = [_varint(i) for i in range(max(vocab_size, max_seq_length) + 1)]
+        self._zeros = b"\x00" * max(max_seq_length, max_predictions_per_seq)
+        self._ones = b"\x01" * max_seq_length
+        self._float_one = struct.pack("<f", 1.0)
+        self._float_zero = struct.pack("<f", 0.0)
+
+    @staticmethod
+    def _entry(name: str, feature: bytes) -> bytes:
+        return _field(b"\x0a", _field(b"\x0a", name.encode()) + _field(b"\x12", feature))
+
+    def _int64_entry(self, name: str, packed: bytes) -> bytes:
+        return self._entry(name, _field(b"\x1a", _field(b"\x0a", packed)))
+
+    def serialize(self, instance: TrainingInstance) -> bytes:
+        """Returns the serialized `tf.train.Example` of one instance, padded."""
+        varints = self._varints
+        n = len(instance.token_ids)
+        pad = self.max_seq_length - n
+        k = len(instance.masked_positions)
+        pad_k = self.max_predictions - k
+        num_segment_a = instance.num_a + 2  # [CLS] A [SEP]
+        features = b"".join(
+            (
+                self._int64_entry(
+                    "input_ids",
+                    b"".join([varints[i] for i in instance.token_ids]) + self._zeros[:pad],
+                ),
+                self._int64_entry("input_mask", self._ones[:n] + self._zeros[:pad]),
+                self._int64_entry(
+                    "segment_ids",
+                    self._zeros[:num_segment_a]
+                    + self._ones[: n - num_segment_a]
+                    + self._zeros[:pad],
+                ),
+                self._int64_entry(
+                    "masked_lm_positions",
+                    b"".join([varints[i] for i in instance.masked_positions]) + self._zeros[:pad_k],
+                ),
+                self._int64_entry(
+                    "masked_lm_ids",
+                    b"".join([varints[i] for i in instance.masked_ids]) + self._zeros[:pad_k],
+                ),
+                self._entry(
+                    "masked_lm_weights",
+                    _field(
+                        b"\x12",
+                        _field(b"\x0a", self._float_one * k + self._float_zero * pad_k),
+                    ),
+                ),
+                self._int64_entry(
+                    "next_sentence_labels", b"\x01" if instance.is_random_next else b"\x00"
+                ),
+            )
+        )
+        return _field(b"\x0a", features)
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The TFRecord checksum: CRC-32C, rotated right by 15 bits plus a constant."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord_frame(data: bytes) -> bytes:
+    """One TFRecord: length, masked CRC of the length, data, masked CRC of the data."""
+    length = struct.pack("<Q", len(data))
+    return (
+        length
+        + struct.pack("<I", masked_crc32c(length))
+        + data
+        + struct.pack("<I", masked_crc32c(data))
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Streaming: input files → documents → chunks → (worker processes) → records.
+
+
+def expand_input_files(patterns: str | Sequence[str]) -> list[str]:
+    """Expands comma-separated globs; raises naming every pattern that fails.
+
+    Raises:
+        FileNotFoundError: if a pattern matches nothing or a match is not a readable file.
+    """
+    if isinstance(patterns, str):
+        patterns = [p for p in patterns.split(",") if p.strip()]
+    if not patterns:
+        raise FileNotFoundError("--input_file is empty: give one or more comma-separated globs")
+    paths, problems = [], []
+    for pattern in patterns:
+        pattern = pattern.strip()
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches:
+            problems.append(f"{pattern!r}: no such file (the glob matched nothing)")
+        for path in matches:
+            if os.path.isdir(path):
+                problems.append(f"{path!r}: is a directory, expected a text file")
+            elif not os.access(path, os.R_OK):
+                problems.append(f"{path!r}: not readable (permission denied)")
+            else:
+                paths.append(path)
+    if problems:
+        raise FileNotFoundError("cannot read the input files:\n  " + "\n  ".join(problems))
+    return paths
+
+
+def read_documents(
+    paths: Iterable[str], stats: collections.Counter
+) -> Iterator[tuple[list[str], int]]:
+    """Streams documents from text files in the original release's format.
+
+    One sentence per line, documents separated by blank lines; a file's end also ends a
+    document. Bytes that are not valid UTF-8 are replaced by U+FFFD (which the
+    tokenizer drops) and counted in `stats["invalid_utf8_lines"]`.
+
+    Yields:
+        (document lines, number of bytes read for it).
+    """
+    for path in paths:
+        document: list[str] = []
+        num_bytes = 0
+        with open(path, "rb") as f:
+            for raw in f:
+                num_bytes += len(raw)
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    stats["invalid_utf8_lines"] += 1
+                    line = raw.decode("utf-8", errors="replace").strip()
+                if line:
+                    document.append(line)
+                elif document:
+                    yield document, num_bytes
+                    document, num_bytes = [], 0
+        if document or num_bytes:
+            yield document, num_bytes
+
+
+def iter_chunks(
+    documents: Iterable[tuple[list[str], int]], chunk_bytes: int
+) -> Iterator[tuple[int, list[list[str]], int]]:
+    """Groups documents into chunks of at least `chunk_bytes` of text (the last smaller).
+
+    Chunk boundaries depend only on the corpus and `chunk_bytes`, never on the number
+    of workers, which is what makes the output independent of --num_workers.
+
+    Yields:
+        (chunk index, documents, bytes of text).
+    """
+    chunk: list[list[str]] = []
+    size = 0
+    index = 0
+    for document, num_bytes in documents:
+        if document:
+            chunk.append(document)
+        size += num_bytes
+        if size >= chunk_bytes and chunk:
+            yield index, chunk, size
+            chunk, size, index = [], 0, index + 1
+    if chunk or size:
+        yield index, chunk, size
+
+
+def chunk_rng(random_seed: int, chunk_index: int) -> random.Random:
+    """The random generator of one chunk: a function of the seed and the chunk only."""
+    return random.Random(f"bert-gpu/{random_seed}/{chunk_index}")
+
+
+class ChunkWorker:
+    """Tokenizes a chunk of documents and turns it into serialized TFRecords."""
+
+    def __init__(self, tokenizer_spec: TokenizerSpec, options: DataOptions):
+        self.tokenizer = tokenizer_spec.build()
+        self.vocab = Vocab.from_tokenizer(self.tokenizer)
+        self.options = options
+        self.encoder = ExampleEncoder(
+            options.max_seq_length, options.max_predictions_per_seq, self.vocab.size
+        )
+
+    def tokenize_documents(
+        self, raw_documents: list[list[str]], stats: collections.Counter
+    ) -> list[list[list[int]]]:
+        """Lines → token ids; lines without tokens and then-empty documents are dropped."""
+        tokenize = self.tokenizer.tokenize_to_ids
+        documents = []
+        for raw in raw_documents:
+            document = [ids for ids in map(tokenize, raw) if ids]
+            stats["lines"] += len(raw)
+            stats["lines_without_tokens"] += len(raw) - len(document)
+            stats["tokens"] += sum(map(len, document))
+            if document:
+                documents.append(document)
+            else:
+                stats["empty_documents"] += 1
+        stats["documents"] += len(documents)
+        return documents
+
+    def process(self, chunk_index: int, raw_documents: list[list[str]]):
+        """Returns (framed TFRecords of the chunk's shuffled instances, stats)."""
+        stats: collections.Counter = collections.Counter()
+        documents = self.tokenize_documents(raw_documents, stats)
+        rng = chunk_rng(self.options.random_seed, chunk_index)
+        instances: list[TrainingInstance] = []
+        for _ in range(self.options.dupe_factor):
+            for document_index in range(len(documents)):
+                instances.extend(
+                    create_instances_from_document(
+                        documents, document_index, self.options, self.vocab, rng, stats
+                    )
+                )
+        rng.shuffle(instances)
+        stats["instances"] += len(instances)
+        stats["masked_tokens"] += sum(len(x.masked_positions) for x in instances)
+        serialize = self.encoder.serialize
+        return [tfrecord_frame(serialize(x)) for x in instances], stats
+
+
+_WORKER: ChunkWorker | None = None  # one per worker process, built by its initializer
+
+
+def _init_worker(tokenizer_spec: TokenizerSpec, options: DataOptions) -> None:
+    global _WORKER
+    _WORKER = ChunkWorker(tokenizer_spec, options)
+
+
+def _process_chunk(chunk_index: int, raw_documents: list[list[str]]):
+    return _WORKER.process(chunk_index, raw_documents)
+
+
+def _processed_chunks(chunks, tokenizer_spec, options, num_workers):
+    """Yields (chunk size in bytes, records, stats) in chunk order.
+
+    At most 2 × num_workers chunks are in flight, so memory stays bounded however
+    large the corpus is.
+    """
+    if num_workers <= 1:
+        worker = ChunkWorker(tokenizer_spec, options)
+        for index, documents, size in chunks:
+            yield (size, *worker.process(index, documents))
+        return
+    # "spawn": workers must not inherit a parent that may have TensorFlow's threads.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(num_workers, _init_worker, (tokenizer_spec, options)) as pool:
+        pending: collections.deque = collections.deque()
+        for index, documents, size in chunks:
+            pending.append((size, pool.apply_async(_process_chunk, (index, documents))))
+            if len(pending) >= 2 * num_workers:
+                size, result = pending.popleft()
+                yield (size, *result.get())
+        while pending:
+            size, result = pending.popleft()
+            yield (size, *result.get())
+
+
+# ----------------------------------------------------------------------------------------
+# Output: every file is written under a temporary name and renamed when complete.
+
+
+class RecordFiles:
+    """The output TFRecord files, filled round-robin, committed all at once."""
+
+    def __init__(self, paths: Sequence[str]):
+        if len(set(map(os.path.abspath, paths))) != len(paths):
+            raise ValueError(f"--output_file names a file twice: {','.join(paths)}")
+        self.paths = list(paths)
+        self.temp_paths = []
+        self.files = []
+        self.counts = [0] * len(paths)
+        self._next = 0
+        try:
+            for path in self.paths:
+                directory = os.path.dirname(os.path.abspath(path))
+                # Dot-prefixed, so a training glob such as data/train* never matches it.
+                temp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+                os.makedirs(directory, exist_ok=True)
+                self.files.append(open(temp, "wb"))  # noqa: SIM115 (closed in commit/abort)
+                self.temp_paths.append(temp)
+        except OSError as e:
+            self.abort()
+            raise OSError(
+                f"cannot write output file {path!r}: {e.strerror or e}; check that the "
+                "directory exists or can be created and is writable"
+            ) from e
+
+    def write(self, record: bytes) -> None:
+        self.files[self._next].write(record)
+        self.counts[self._next] += 1
+        self._next = (self._next + 1) % len(self.files)
+
+    def commit(self, metadata: dict) -> None:
+        """Closes the files, moves them to their final names, writes their metadata."""
+        for f in self.files:
+            f.close()
+        for path, temp, count in zip(self.paths, self.temp_paths, self.counts):
+            os.replace(temp, path)
+            meta = dict(metadata, num_instances=count)
+            meta_temp = temp + ".json"
+            with open(meta_temp, "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2, sort_keys=True)
+                f.write("\n")
+            os.replace(meta_temp, metadata_path(path))
+        self.temp_paths = []
+
+    def abort(self) -> None:
+        """Closes and deletes the temporary files; nothing appears under a final name."""
+        for f in self.files:
+            f.close()
+        for temp in self.temp_paths:
+            for leftover in (temp, temp + ".json"):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
+        self.temp_paths = []
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def create_pretraining_data(
+    input_files: str | Sequence[str],
+    output_files: str | Sequence[str],
+    tokenizer_spec: TokenizerSpec,
+    options: DataOptions,
+    num_workers: int = 1,
+    chunk_bytes: int = 1 << 20,
+    log=sys.stderr,
+    progress_seconds: float = 5.0,
+) -> dict:
+    """Creates pretraining TFRecords from text files.
+
+    Args:
+        input_files: Comma-separated globs, or a list of globs.
+        output_files: Comma-separated paths, or a list; instances are spread
+            round-robin over them.
+        tokenizer_spec: Which vocabulary or SentencePiece model to use.
+        options: How instances are built.
+        num_workers: Worker processes (1: work in this process).
+        chunk_bytes: Text per chunk; see the module docstring.
+        log: Where progress and the summary go (None: silent).
+        progress_seconds: Interval between progress lines.
+
+    Returns:
+        A summary: instances per file, elapsed seconds and the counters.
+
+    Raises:
+        FileNotFoundError: for missing or unreadable input files.
+        ValueError: for an empty corpus or a vocabulary lacking special tokens.
+        OSError: if an output file cannot be written.
+    """
+    start = time.time()
+    paths = expand_input_files(input_files)
+    if isinstance(output_files, str):
+        output_files = [p.strip() for p in output_files.split(",") if p.strip()]
+    if not output_files:
+        raise ValueError("--output_file is empty: give one or more comma-separated paths")
+    if chunk_bytes <= 0:
+        raise ValueError(f"--chunk_mb must be positive, got {chunk_bytes / (1 << 20)}")
+    tokenizer = tokenizer_spec.build()
+    vocab = Vocab.from_tokenizer(tokenizer)  # raises if special tokens are missing
+    total_bytes = sum(os.path.getsize(p) for p in paths)
+
+    def say(message: str) -> None:
+        if log is not None:
+            print(message, file=log, flush=True)
+
+    say(
+        f"create_pretraining_data: {len(paths)} input file(s), {total_bytes / 1e6:.1f} MB; "
+        f"vocabulary {tokenizer_spec.path} ({vocab.size} tokens); {num_workers} worker(s); "
+        f"max_seq_length={options.max_seq_length} dupe_factor={options.dupe_factor}"
+    )
+    stats: collections.Counter = collections.Counter()
+    outputs = RecordFiles(output_files)
+    try:
+        chunks = iter_chunks(read_documents(paths, stats), chunk_bytes)
+        done_bytes = 0
+        last_report = time.time()
+        for size, records, chunk_stats in _processed_chunks(
+            chunks, tokenizer_spec, options, num_workers
+        ):
+            for record in records:
+                outputs.write(record)
+            stats.update(chunk_stats)
+            done_bytes += size
+            now = time.time()
+            if now - last_report >= progress_seconds:
+                last_report = now
+                rate = done_bytes / max(now - start, 1e-9)
+                eta = (total_bytes - done_bytes) / max(rate, 1e-9)
+                say(
+                    f"  {stats['documents']:,} documents, {stats['instances']:,} instances, "
+                    f"{done_bytes / 1e6:.1f}/{total_bytes / 1e6:.1f} MB "
+                    f"({rate / 1e6:.2f} MB/s), ETA {_format_seconds(eta)}"
+                )
+        if stats["instances"] == 0:
+            raise ValueError(
+                "the corpus produced no training instances: the input files "
+                f"({', '.join(paths)}) contain no text the tokenizer turns into tokens"
+            )
+        metadata = {
+            "format": METADATA_FORMAT,
+            "version": METADATA_VERSION,
+            "created_by": "create_pretraining_data.py",
+            "feature_spec": feature_spec(options.max_seq_length, options.max_predictions_per_seq),
+            **dataclasses.asdict(options),
+            "do_lower_case": tokenizer_spec.do_lower_case,
+            "vocab_file": tokenizer_spec.vocab_file,
+            "spm_model_file": tokenizer_spec.spm_model_file,
+            "vocab_size": vocab.size,
+            "vocab_sha256": file_sha256(tokenizer_spec.path),
+            "input_files": paths,
+            "output_files": list(output_files),
+            "total_instances": stats["instances"],
+            "chunk_bytes": chunk_bytes,
+        }
+        outputs.commit(metadata)
+    except BaseException:
+        outputs.abort()
+        raise
+
+    elapsed = time.time() - start
+    summary = {
+        "instances_per_file": dict(zip(output_files, outputs.counts)),
+        "elapsed_seconds": elapsed,
+        "stats": dict(stats),
+    }
+    say(
+        f"wrote {stats['instances']:,} instances in {elapsed:.1f} s "
+        f"({stats['instances'] / max(elapsed, 1e-9):,.0f} instances/s):"
+    )
+    for path, count in zip(output_files, outputs.counts):
+        say(f"  {path}: {count:,} instances (metadata: {metadata_path(path)})")
+    num = max(stats["instances"], 1)
+    say(
+        f"  documents {stats['documents']:,}, tokens {stats['tokens']:,}, "
+        f"next-sentence random {stats['random_next'] / num:.1%}, "
+        f"masked tokens per instance {stats['masked_tokens'] / num:.1f}, "
+        f"truncated pairs {stats['truncated_pairs']:,}"
+    )
+    say(
+        f"  skipped or repaired: {stats['invalid_utf8_lines']:,} lines with invalid UTF-8 "
+        f"(bytes replaced), {stats['lines_without_tokens']:,} lines without tokens, "
+        f"{stats['empty_documents']:,} documents without tokens"
+    )
+    return summary
+
+
+# ----------------------------------------------------------------------------------------
+# Command line
+
+
+def define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("input_file", None, "Input text file(s): comma-separated globs.")
+    flags.DEFINE_string(
+        "output_file",
+        None,
+        "Output TFRecord file(s), comma-separated; instances are spread "
+        "round-robin over them. Each gets a metadata file beside it, named F.json.",
+    )
+    flags.DEFINE_string("vocab_file", None, "WordPiece vocabulary the model is trained with.")
+    flags.DEFINE_string(
+        "spm_model_file",
+        None,
+        "SentencePiece model to use instead of --vocab_file "
+        "(ALBERT-style and multilingual vocabularies).",
+    )
+    flags.DEFINE_bool("do_lower_case", True, "Lower-case and strip accents (uncased models).")
+    flags.DEFINE_bool("do_whole_word_mask", False, "Mask all pieces of a word together.")
+    flags.DEFINE_integer("max_seq_length", 128, "Tokens per instance, padding included.")
+    flags.DEFINE_integer("max_predictions_per_seq", 20, "Masked-LM predictions per instance.")
+    flags.DEFINE_integer("random_seed", 12345, "Seed of the instance generator.")
+    flags.DEFINE_integer("dupe_factor", 10, "Times the corpus is used, with different masks.")
+    flags.DEFINE_float("masked_lm_prob", 0.15, "Fraction of tokens to mask.")
+    flags.DEFINE_float("short_seq_prob", 0.1, "Probability of a shorter-than-maximum instance.")
+    flags.DEFINE_integer("num_workers", 0, "Worker processes; 0 means one per CPU core.")
+    flags.DEFINE_float(
+        "chunk_mb",
+        1.0,
+        "Megabytes of text per chunk: the scope of the next-sentence "
+        "negatives and of the instance shuffle, and the unit of memory use.",
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    del argv
+    missing = [name for name in ("input_file", "output_file") if not FLAGS[name].value]
+    if not FLAGS.vocab_file and not FLAGS.spm_model_file:
+        missing.append("vocab_file (or spm_model_file)")
+    if missing:
+        print(f"error: missing required flag(s): --{', --'.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        options = DataOptions(
+            max_seq_length=FLAGS.max_seq_length,
+            max_predictions_per_seq=FLAGS.max_predictions_per_seq,
+            masked_lm_prob=FLAGS.masked_lm_prob,
+            short_seq_prob=FLAGS.short_seq_prob,
+            dupe_factor=FLAGS.dupe_factor,
+            do_whole_word_mask=FLAGS.do_whole_word_mask,
+            random_seed=FLAGS.random_seed,
+        )
+        tokenizer_spec = TokenizerSpec(
+            vocab_file=None if FLAGS.spm_model_file else FLAGS.vocab_file,
+            spm_model_file=FLAGS.spm_model_file,
+            do_lower_case=FLAGS.do_lower_case,
+        )
+        num_workers = FLAGS.num_workers or len(os.sched_getaffinity(0))
+        create_pretraining_data(
+            FLAGS.input_file,
+            FLAGS.output_file,
+            tokenizer_spec,
+            options,
+            num_workers=num_workers,
+            chunk_bytes=int(FLAGS.chunk_mb * (1 << 20)),
+        )
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import signal
+
+    from absl import app
+
+    # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    define_flags()
+    app.run(main)
