@@ -1,0 +1,819 @@
+"""BERT (Devlin et al., 2018) in Keras 3: the config, the encoder, the pretraining heads.
+
+The architecture, initialisation and checkpoint-variable layout are those of the original
+google-research/bert release: post-LayerNorm transformer layers, a tanh pooler over the
+first token, a masked-LM head tied to the word-embedding table and evaluated only at the
+masked positions, and a next-sentence head. `original_name_map` pairs every variable with
+its name in an original checkpoint.
+
+Dropout is stateless: every mask is a pure function of a `dropout_seed` tensor passed to
+`call` and a fixed number per dropout site, so a resumed run redraws exactly the masks
+it would have drawn. Nothing here knows about devices or distribution strategies, and
+nothing rules out `tf.function(jit_compile=True)` or a mixed-precision policy: shapes are
+static per batch and all logits come back in float32.
+"""
+
+# Dimension legend for the shape comments:
+#   B = batch size (per replica)
+#   S = sequence length; in attention F = "from" (query) length, T = "to" (key) length
+#   H = hidden size
+#   N = number of attention heads
+#   D = size per head, H / N
+#   I = intermediate (feed-forward) size
+#   P = masked positions per sequence (max_predictions_per_seq)
+#   V = vocabulary size
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+# ---------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------
+
+# Keys that the released multilingual `bert_config.json` files carry but that describe
+# nothing the model computes (the original code never read them). They are accepted so
+# those files load, and dropped; any other unknown key is an error.
+IGNORED_CONFIG_KEYS = frozenset(
+    {
+        "directionality",
+        "pooler_fc_size",
+        "pooler_num_attention_heads",
+        "pooler_num_fc_layers",
+        "pooler_size_per_head",
+        "pooler_type",
+    }
+)
+
+_SIZE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+_DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """The hyperparameters of a BERT model: the fields and defaults of `bert_config.json`.
+
+    The defaults are BERT-base's. Every field is checked on construction; a bad value
+    raises ValueError naming the field, the value and what was expected.
+
+    Attributes:
+        vocab_size: number of rows of the word-embedding table (the WordPiece vocabulary).
+        hidden_size: H, the width of every transformer layer.
+        num_hidden_layers: number of transformer layers.
+        num_attention_heads: N; must divide hidden_size.
+        intermediate_size: I, the width of the feed-forward layer.
+        hidden_act: activation of the feed-forward layer and of the MLM transform, one of
+            `ACTIVATIONS` ("gelu" is the original release's tanh approximation).
+        hidden_dropout_prob: dropout rate on the embeddings and on each sublayer's output.
+        attention_probs_dropout_prob: dropout rate on the attention probabilities.
+        max_position_embeddings: longest sequence the position table supports.
+        type_vocab_size: number of segment (token type) ids.
+        initializer_range: stddev of the truncated-normal weight initialiser.
+    """
+
+    vocab_size: int
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 16
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in _SIZE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(_bad_value(name, value, "an integer"))
+            if value <= 0:
+                raise ValueError(_bad_value(name, value, "a positive integer"))
+        for name in (*_DROPOUT_FIELDS, "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(_bad_value(name, value, "a number"))
+            # JSON writes 0.0 as 0; store a float either way (the dataclass is frozen).
+            object.__setattr__(self, name, float(value))
+        for name in _DROPOUT_FIELDS:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(_bad_value(name, getattr(self, name), "a rate in [0, 1)"))
+        if not self.initializer_range > 0.0:
+            raise ValueError(_bad_value("initializer_range", self.initializer_range, "> 0"))
+        if self.hidden_act not in ACTIVATIONS:
+            expected = "one of " + ", ".join(repr(name) for name in ACTIVATIONS)
+            raise ValueError(_bad_value("hidden_act", self.hidden_act, expected))
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}; every head must get "
+                "hidden_size / num_attention_heads dimensions."
+            )
+
+    @property
+    def head_size(self) -> int:
+        """D, the width of one attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "<dict>") -> BertConfig:
+        """Builds a config from `bert_config.json`-style keys.
+
+        Args:
+            values: key → value; `vocab_size` is required, other keys default. The keys in
+                `IGNORED_CONFIG_KEYS` are accepted and dropped.
+            source: where `values` came from (a file name), used in error messages.
+
+        Returns:
+            The validated BertConfig.
+
+        Raises:
+            ValueError: for a non-object, an unknown or missing key, or a bad value; the
+                message starts with `source`.
+        """
+        if not isinstance(values, Mapping):
+            raise ValueError(
+                f"{source}: expected a JSON object of config keys, got {type(values).__name__}."
+            )
+        known = [field.name for field in dataclasses.fields(cls)]
+        unknown = [key for key in values if key not in known and key not in IGNORED_CONFIG_KEYS]
+        if unknown:
+            raise ValueError(f"{source}: " + "; ".join(_unknown_key(key, known) for key in unknown))
+        if "vocab_size" not in values:
+            raise ValueError(
+                f"{source}: missing required key 'vocab_size' (a positive integer, the number "
+                "of tokens in the vocabulary)."
+            )
+        try:
+            return cls(**{key: values[key] for key in known if key in values})
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> BertConfig:
+        """Reads a `bert_config.json` file; see `from_dict` for the accepted keys.
+
+        Raises:
+            FileNotFoundError: if `path` does not exist.
+            ValueError: for invalid JSON (with line and column) or invalid contents.
+        """
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"BERT config file not found: {path}") from None
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+            ) from None
+        return cls.from_dict(values, source=path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as `bert_config.json` keys and values."""
+        return dataclasses.asdict(self)
+
+    def to_json_string(self) -> str:
+        """The config as the text of a `bert_config.json` file (sorted keys, final newline)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def _bad_value(name: str, value: Any, expected: str) -> str:
+    return f"key '{name}' has value {value!r} ({type(value).__name__}); expected {expected}."
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known) + "."
+    return f"unknown key '{key}'; {hint}"
+
+
+# ---------------------------------------------------------------------------------------
+# Activations
+# ---------------------------------------------------------------------------------------
+
+
+def gelu(x: tf.Tensor) -> tf.Tensor:
+    """GELU, tanh approximation (Hendrycks & Gimpel, 2016), as the original release used.
+
+    0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))); Hugging Face calls this "gelu_new".
+    """
+    return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def gelu_exact(x: tf.Tensor) -> tf.Tensor:
+    """GELU, exact: 0.5·x·(1 + erf(x / sqrt(2))); Hugging Face's "gelu"."""
+    return 0.5 * x * (1.0 + tf.math.erf(x / math.sqrt(2.0)))
+
+
+def linear(x: tf.Tensor) -> tf.Tensor:
+    """The identity."""
+    return x
+
+
+# `hidden_act` names with the original release's meaning, plus Hugging Face's alias for
+# the tanh-approximated GELU.
+ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "gelu": gelu,
+    "gelu_new": gelu,
+    "gelu_exact": gelu_exact,
+    "relu": tf.nn.relu,
+    "tanh": tf.tanh,
+    "linear": linear,
+}
+
+
+def get_activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The activation function called `name` in `bert_config.json` (see `ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"Unknown activation {name!r}; expected one of "
+            + ", ".join(repr(known) for known in ACTIVATIONS)
+            + "."
+        )
+    return ACTIVATIONS[name]
+
+
+# ---------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------
+
+LAYER_NORM_EPSILON = 1e-12
+# Added to the attention scores of padding keys. Large enough that exp() underflows to 0
+# after softmax, small enough to be finite in float16 (max 65504) and bfloat16.
+MASK_ADDER = -10000.0
+
+# Each dropout site draws its mask from fold_in(dropout_seed, site); sites must be distinct
+# across the model, or two sites would drop the same units.
+EMBEDDINGS_DROPOUT_SITE = 0
+DROPOUT_SITES_PER_LAYER = 3  # attention probabilities, attention output, feed-forward output
+
+
+def _initializer(config: BertConfig) -> keras.initializers.Initializer:
+    return keras.initializers.TruncatedNormal(stddev=config.initializer_range)
+
+
+def _dense(units: int, config: BertConfig, name: str, **kwargs: Any) -> keras.layers.Dense:
+    return keras.layers.Dense(units, kernel_initializer=_initializer(config), name=name, **kwargs)
+
+
+def _layer_norm(name: str) -> keras.layers.LayerNormalization:
+    return keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name)
+
+
+class StatelessDropout(keras.layers.Layer):
+    """Dropout whose mask is a pure function of (`dropout_seed`, `site`).
+
+    The mask is drawn in float32 with the Philox generator whatever the compute dtype.
+    It is reproducible for a fixed seed, site and input shape, but differs between a
+    `jit_compile=True` step and an uncompiled one (XLA lays out Philox's stream
+    differently): a resumed run must keep the same compile mode to redraw the same masks.
+    """
+
+    def __init__(self, rate: float, site: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.site = site
+
+    def call(
+        self, x: tf.Tensor, training: bool = False, dropout_seed: tf.Tensor | None = None
+    ) -> tf.Tensor:
+        """Zeroes each unit of `x` with probability `rate` when training; scales the rest.
+
+        Args:
+            x: any float tensor.
+            training: a Python bool; no dropout when False.
+            dropout_seed: int32/int64 [2], required when training with rate > 0.
+
+        Returns:
+            A tensor of the shape and dtype of `x`.
+        """
+        if not training or self.rate == 0.0:
+            return x
+        if dropout_seed is None:
+            raise ValueError(
+                f"Dropout '{self.path}' needs a dropout_seed (an int [2] tensor) when "
+                "training=True; pass dropout_seed to the model call, or set the dropout "
+                "probabilities in the config to 0."
+            )
+        seed = tf.random.experimental.stateless_fold_in(dropout_seed, self.site, alg="philox")
+        uniform = tf.random.stateless_uniform(tf.shape(x), seed, alg="philox")
+        keep = tf.cast(uniform >= self.rate, x.dtype)
+        return x * keep * (1.0 / (1.0 - self.rate))
+
+
+class BertEmbeddings(keras.layers.Layer):
+    """Sum of word, position and token-type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.config = config
+        self.layer_norm = _layer_norm("layer_norm")
+        self.dropout = StatelessDropout(
+            config.hidden_dropout_prob, EMBEDDINGS_DROPOUT_SITE, name="dropout"
+        )
+
+    def build(self, input_shape: Any) -> None:
+        config = self.config
+
+        def table(name: str, rows: int) -> keras.Variable:
+            shape = (rows, config.hidden_size)
+            return self.add_weight(shape=shape, initializer=_initializer(config), name=name)
+
+        self.word_embeddings = table("word_embeddings", config.vocab_size)  # [V, H]
+        self.position_embeddings = table("position_embeddings", config.max_position_embeddings)
+        self.token_type_embeddings = table("token_type_embeddings", config.type_vocab_size)
+        self.layer_norm.build((None, None, config.hidden_size))
+
+    def call(
+        self,
+        token_ids: tf.Tensor,
+        segment_ids: tf.Tensor,
+        training: bool = False,
+        dropout_seed: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """Embeds `token_ids` [B, S] int with `segment_ids` [B, S] int; returns [B, S, H]."""
+        seq_length = tf.shape(token_ids)[1]
+        x = (
+            tf.gather(self.word_embeddings, token_ids)  # [B, S, H]
+            + self.position_embeddings[:seq_length]  # [S, H], the same for every sequence
+            + tf.gather(self.token_type_embeddings, segment_ids)  # [B, S, H]
+        )
+        x = self.layer_norm(x)
+        return self.dropout(x, training=training, dropout_seed=dropout_seed)
+
+
+class SelfAttention(keras.layers.Layer):
+    """Multi-head scaled dot-product self-attention (Vaswani et al., 2017) with its output
+    projection."""
+
+    def __init__(self, config: BertConfig, probs_dropout_site: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.query = _dense(config.hidden_size, config, "query")
+        self.key = _dense(config.hidden_size, config, "key")
+        self.value = _dense(config.hidden_size, config, "value")
+        self.probs_dropout = StatelessDropout(
+            config.attention_probs_dropout_prob, probs_dropout_site, name="probs_dropout"
+        )
+        self.output_projection = _dense(config.hidden_size, config, "output_projection")
+
+    def call(
+        self,
+        x: tf.Tensor,
+        attention_bias: tf.Tensor,
+        training: bool = False,
+        dropout_seed: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """Attends from every position of `x` [B, S, H] to every unmasked one.
+
+        Args:
+            x: the layer input, [B, S, H] float.
+            attention_bias: [B, 1, 1, T], 0 for keys to attend to, MASK_ADDER for padding.
+            training: apply dropout to the attention probabilities.
+            dropout_seed: int [2]; see StatelessDropout.
+
+        Returns:
+            [B, S, H], the projected attention output (before dropout and residual).
+        """
+        q = self._split_heads(self.query(x))  # [B, N, F, D]
+        k = self._split_heads(self.key(x))  # [B, N, T, D]
+        v = self._split_heads(self.value(x))  # [B, N, T, D]
+        # Scaling by 1/sqrt(D) keeps the scores' variance independent of the head size.
+        scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(self.head_size))
+        probs = tf.nn.softmax(scores + attention_bias, axis=-1)  # [B, N, F, T]
+        probs = self.probs_dropout(probs, training=training, dropout_seed=dropout_seed)
+        context = tf.matmul(probs, v)  # [B, N, F, D]
+        return self.output_projection(self._merge_heads(context))  # [B, F, H]
+
+    def _split_heads(self, x: tf.Tensor) -> tf.Tensor:
+        batch_size, seq_length = tf.shape(x)[0], tf.shape(x)[1]
+        x = tf.reshape(x, [batch_size, seq_length, self.num_heads, self.head_size])  # [B,S,N,D]
+        return tf.transpose(x, [0, 2, 1, 3])  # [B, N, S, D]
+
+    def _merge_heads(self, x: tf.Tensor) -> tf.Tensor:
+        batch_size, seq_length = tf.shape(x)[0], tf.shape(x)[2]
+        x = tf.transpose(x, [0, 2, 1, 3])  # [B, S, N, D]
+        return tf.reshape(x, [batch_size, seq_length, self.num_heads * self.head_size])  # [B,S,H]
+
+
+class TransformerLayer(keras.layers.Layer):
+    """One post-LayerNorm transformer layer, as in the original BERT:
+    x = LN(x + drop(attention(x))); x = LN(x + drop(W2·act(W1·x)))."""
+
+    def __init__(self, config: BertConfig, layer_index: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        first_site = EMBEDDINGS_DROPOUT_SITE + 1 + DROPOUT_SITES_PER_LAYER * layer_index
+        hidden_dropout = config.hidden_dropout_prob
+        self.attention = SelfAttention(config, first_site, name="self_attention")
+        self.attention_dropout = StatelessDropout(
+            hidden_dropout, first_site + 1, name="attention_dropout"
+        )
+        self.attention_layer_norm = _layer_norm("attention_layer_norm")
+        self.intermediate = _dense(config.intermediate_size, config, "intermediate")
+        self.activation = get_activation(config.hidden_act)
+        self.ffn_output = _dense(config.hidden_size, config, "ffn_output")
+        self.ffn_dropout = StatelessDropout(hidden_dropout, first_site + 2, name="ffn_dropout")
+        self.ffn_layer_norm = _layer_norm("ffn_layer_norm")
+
+    def call(
+        self,
+        x: tf.Tensor,
+        attention_bias: tf.Tensor,
+        training: bool = False,
+        dropout_seed: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """Maps `x` [B, S, H] to [B, S, H]; `attention_bias` as in SelfAttention."""
+        drop = {"training": training, "dropout_seed": dropout_seed}
+        attention_output = self.attention(x, attention_bias, **drop)  # [B, S, H]
+        x = self.attention_layer_norm(x + self.attention_dropout(attention_output, **drop))
+        ffn_output = self.ffn_output(self.activation(self.intermediate(x)))  # [B,S,I] → [B,S,H]
+        return self.ffn_layer_norm(x + self.ffn_dropout(ffn_output, **drop))
+
+
+class BertEncoder(keras.layers.Layer):
+    """The BERT encoder: embeddings, `num_hidden_layers` transformer layers and the pooler."""
+
+    def __init__(self, config: BertConfig, name: str = "encoder", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.config = config
+        self.embeddings = BertEmbeddings(config, name="embeddings")
+        self.transformer_layers = [
+            TransformerLayer(config, i, name=f"layer_{i}") for i in range(config.num_hidden_layers)
+        ]
+        self.pooler = _dense(config.hidden_size, config, "pooler", activation="tanh")
+
+    def call(
+        self,
+        token_ids: tf.Tensor,
+        segment_ids: tf.Tensor,
+        input_mask: tf.Tensor,
+        training: bool = False,
+        dropout_seed: tf.Tensor | None = None,
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Encodes a batch of sequences.
+
+        Args:
+            token_ids: [B, S] int, WordPiece ids.
+            segment_ids: [B, S] int, 0 for sentence A, 1 for sentence B.
+            input_mask: [B, S] int, 1 for real tokens, 0 for padding (never attended to).
+            training: a Python bool; apply dropout.
+            dropout_seed: int32/int64 [2]; required when training with dropout rates > 0.
+
+        Returns:
+            (sequence_output [B, S, H], pooled_output [B, H]), in the compute dtype.
+        """
+        max_length = self.config.max_position_embeddings
+        if token_ids.shape[1] is not None and token_ids.shape[1] > max_length:
+            raise ValueError(
+                f"Sequences of length {token_ids.shape[1]} are longer than "
+                f"max_position_embeddings={max_length} of the BERT config."
+            )
+        drop = {"training": training, "dropout_seed": dropout_seed}
+        x = self.embeddings(token_ids, segment_ids, **drop)  # [B, S, H]
+        attention_bias = attention_bias_from_mask(input_mask, self.compute_dtype)
+        for layer in self.transformer_layers:
+            x = layer(x, attention_bias, **drop)  # [B, S, H]
+        pooled_output = self.pooler(x[:, 0])  # [B, H], from the first ([CLS]) token
+        return x, pooled_output
+
+
+def attention_bias_from_mask(input_mask: tf.Tensor, dtype: str | tf.DType) -> tf.Tensor:
+    """Turns `input_mask` [B, T] (1 = attend) into an additive score bias [B, 1, 1, T].
+
+    The bias is 0 for real tokens and MASK_ADDER for padding, the same for every head
+    and every query position.
+    """
+    mask = tf.cast(input_mask[:, tf.newaxis, tf.newaxis, :], dtype)  # [B, 1, 1, T]
+    return (1.0 - mask) * MASK_ADDER
+
+
+class MaskedLMHead(keras.layers.Layer):
+    """Predicts the original token at each masked position.
+
+    Its output weights are the word-embedding table (tied, as in the original), passed to
+    `call`; only the transform and an output bias belong to this layer.
+    """
+
+    def __init__(self, config: BertConfig, name: str = "mlm_head", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.config = config
+        self.transform = _dense(config.hidden_size, config, "transform")
+        self.activation = get_activation(config.hidden_act)
+        self.layer_norm = _layer_norm("layer_norm")
+
+    def build(self, input_shape: Any) -> None:
+        hidden_size = self.config.hidden_size
+        self.transform.build((None, None, hidden_size))
+        self.layer_norm.build((None, None, hidden_size))
+        # Kept in float32 and added after the cast of the logits (no autocast).
+        self.output_bias = self.add_weight(
+            shape=(self.config.vocab_size,), initializer="zeros", name="output_bias", autocast=False
+        )
+
+    def call(
+        self, sequence_output: tf.Tensor, masked_positions: tf.Tensor, word_embeddings: tf.Tensor
+    ) -> tf.Tensor:
+        """Masked-LM logits.
+
+        Args:
+            sequence_output: [B, S, H], the encoder's output.
+            masked_positions: [B, P] int, the positions to predict (padded with 0).
+            word_embeddings: [V, H], the encoder's word-embedding table.
+
+        Returns:
+            [B, P, V] float32 logits.
+        """
+        x = tf.gather(sequence_output, masked_positions, batch_dims=1)  # [B, P, H]
+        x = self.layer_norm(self.activation(self.transform(x)))  # [B, P, H]
+        logits = tf.matmul(x, word_embeddings, transpose_b=True)  # [B, P, V]
+        return tf.cast(logits, tf.float32) + self.output_bias
+
+
+class NextSentenceHead(keras.layers.Layer):
+    """Classifies the pooled output: is sentence B the real successor of A (0) or not (1)."""
+
+    def __init__(self, config: BertConfig, name: str = "nsp_head", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.config = config
+
+    def build(self, input_shape: Any) -> None:
+        # [2, H]: the original's layout, the transpose of a Dense kernel.
+        self.output_weights = self.add_weight(
+            shape=(2, self.config.hidden_size),
+            initializer=_initializer(self.config),
+            name="output_weights",
+        )
+        self.output_bias = self.add_weight(
+            shape=(2,), initializer="zeros", name="output_bias", autocast=False
+        )
+
+    def call(self, pooled_output: tf.Tensor) -> tf.Tensor:
+        """Maps `pooled_output` [B, H] to float32 logits [B, 2]."""
+        logits = tf.matmul(pooled_output, self.output_weights, transpose_b=True)  # [B, 2]
+        return tf.cast(logits, tf.float32) + self.output_bias
+
+
+class BertPretrainingModel(keras.Model):
+    """The encoder with the masked-LM and next-sentence heads.
+
+    Attributes:
+        config: the BertConfig.
+        encoder: the BertEncoder (the part kept for fine-tuning).
+        mlm_head: the MaskedLMHead.
+        nsp_head: the NextSentenceHead.
+    """
+
+    def __init__(self, config: BertConfig, name: str = "bert_pretraining", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.config = config
+        self.encoder = BertEncoder(config)
+        self.mlm_head = MaskedLMHead(config)
+        self.nsp_head = NextSentenceHead(config)
+
+    def call(
+        self,
+        features: Mapping[str, tf.Tensor],
+        training: bool = False,
+        dropout_seed: tf.Tensor | None = None,
+    ) -> dict[str, tf.Tensor]:
+        """Runs the encoder and both heads.
+
+        Args:
+            features: a dict with "input_ids", "input_mask", "segment_ids" ([B, S] int) and
+                "masked_lm_positions" ([B, P] int); other keys are ignored.
+            training: a Python bool; apply dropout.
+            dropout_seed: int32/int64 [2]; required when training with dropout rates > 0.
+                The trainer derives it from (run seed, step, replica).
+
+        Returns:
+            {"mlm_logits": [B, P, V] float32, "nsp_logits": [B, 2] float32}.
+        """
+        sequence_output, pooled_output = self.encoder(
+            features["input_ids"],
+            features["segment_ids"],
+            features["input_mask"],
+            training=training,
+            dropout_seed=dropout_seed,
+        )
+        word_embeddings = self.encoder.embeddings.word_embeddings
+        mlm_logits = self.mlm_head(sequence_output, features["masked_lm_positions"], word_embeddings)
+        return {"mlm_logits": mlm_logits, "nsp_logits": self.nsp_head(pooled_output)}
+
+    def build_weights(self) -> None:
+        """Creates every variable now, by running one one-token inference batch.
+
+        Call it under the distribution strategy's scope, before the first traced step.
+        The variables' shapes depend only on the config, not on the batch.
+        """
+        ones = tf.ones([1, 1], tf.int32)
+        zeros = tf.zeros([1, 1], tf.int32)
+        self(
+            {
+                "input_ids": zeros,
+                "input_mask": ones,
+                "segment_ids": zeros,
+                "masked_lm_positions": zeros,
+            }
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Losses and metrics, as sums and counts
+# ---------------------------------------------------------------------------------------
+
+
+def masked_lm_sums(
+    mlm_logits: tf.Tensor, masked_lm_ids: tf.Tensor, masked_lm_weights: tf.Tensor
+) -> dict[str, tf.Tensor]:
+    """Weighted masked-LM cross-entropy and accuracy, summed over the batch.
+
+    The caller divides by the weight sum of the global batch (over all replicas).
+
+    Args:
+        mlm_logits: [B, P, V] float.
+        masked_lm_ids: [B, P] int, the original tokens at the masked positions.
+        masked_lm_weights: [B, P] float, 1 for real predictions, 0 for padding.
+
+    Returns:
+        float32 scalars: "loss_sum" (Σ weight·cross-entropy), "weight_sum" (Σ weight) and
+        "correct_sum" (Σ weight·[argmax == id]).
+    """
+    logits = tf.cast(mlm_logits, tf.float32)
+    weights = tf.cast(masked_lm_weights, tf.float32)
+    ids = tf.cast(masked_lm_ids, tf.int32)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)  # [B, P, V]
+    target_log_probs = tf.gather(log_probs, ids, batch_dims=2)  # [B, P]
+    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), ids), tf.float32)
+    return {
+        "loss_sum": -tf.reduce_sum(weights * target_log_probs),
+        "weight_sum": tf.reduce_sum(weights),
+        "correct_sum": tf.reduce_sum(weights * correct),
+    }
+
+
+def next_sentence_sums(nsp_logits: tf.Tensor, next_sentence_labels: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Next-sentence cross-entropy and accuracy, summed over the batch.
+
+    Args:
+        nsp_logits: [B, 2] float.
+        next_sentence_labels: [B] or [B, 1] int, 0 = B follows A, 1 = B is random.
+
+    Returns:
+        float32 scalars: "loss_sum", "count" (B) and "correct_sum".
+    """
+    logits = tf.cast(nsp_logits, tf.float32)
+    labels = tf.reshape(tf.cast(next_sentence_labels, tf.int32), [-1])  # [B]
+    log_probs = tf.nn.log_softmax(logits, axis=-1)  # [B, 2]
+    target_log_probs = tf.gather(log_probs, labels, batch_dims=1)  # [B]
+    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
+    return {
+        "loss_sum": -tf.reduce_sum(target_log_probs),
+        "count": tf.cast(tf.size(labels), tf.float32),
+        "correct_sum": tf.reduce_sum(correct),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoint names of the original release
+# ---------------------------------------------------------------------------------------
+
+# (Keras variable path below the model, original checkpoint name); "{i}" is a layer index.
+# The one place where the original's names appear.
+_NAME_TABLE = (
+    ("encoder/embeddings/word_embeddings", "bert/embeddings/word_embeddings"),
+    ("encoder/embeddings/position_embeddings", "bert/embeddings/position_embeddings"),
+    ("encoder/embeddings/token_type_embeddings", "bert/embeddings/token_type_embeddings"),
+    ("encoder/embeddings/layer_norm/gamma", "bert/embeddings/LayerNorm/gamma"),
+    ("encoder/embeddings/layer_norm/beta", "bert/embeddings/LayerNorm/beta"),
+    *(
+        (f"encoder/layer_{{i}}/self_attention/{part}/{var}",
+         f"bert/encoder/layer_{{i}}/attention/self/{part}/{var}")
+        for part in ("query", "key", "value")
+        for var in ("kernel", "bias")
+    ),
+    ("encoder/layer_{i}/self_attention/output_projection/kernel",
+     "bert/encoder/layer_{i}/attention/output/dense/kernel"),
+    ("encoder/layer_{i}/self_attention/output_projection/bias",
+     "bert/encoder/layer_{i}/attention/output/dense/bias"),
+    ("encoder/layer_{i}/attention_layer_norm/gamma",
+     "bert/encoder/layer_{i}/attention/output/LayerNorm/gamma"),
+    ("encoder/layer_{i}/attention_layer_norm/beta",
+     "bert/encoder/layer_{i}/attention/output/LayerNorm/beta"),
+    ("encoder/layer_{i}/intermediate/kernel", "bert/encoder/layer_{i}/intermediate/dense/kernel"),
+    ("encoder/layer_{i}/intermediate/bias", "bert/encoder/layer_{i}/intermediate/dense/bias"),
+    ("encoder/layer_{i}/ffn_output/kernel", "bert/encoder/layer_{i}/output/dense/kernel"),
+    ("encoder/layer_{i}/ffn_output/bias", "bert/encoder/layer_{i}/output/dense/bias"),
+    ("encoder/layer_{i}/ffn_layer_norm/gamma", "bert/encoder/layer_{i}/output/LayerNorm/gamma"),
+    ("encoder/layer_{i}/ffn_layer_norm/beta", "bert/encoder/layer_{i}/output/LayerNorm/beta"),
+    ("encoder/pooler/kernel", "bert/pooler/dense/kernel"),
+    ("encoder/pooler/bias", "bert/pooler/dense/bias"),
+    ("mlm_head/transform/kernel", "cls/predictions/transform/dense/kernel"),
+    ("mlm_head/transform/bias", "cls/predictions/transform/dense/bias"),
+    ("mlm_head/layer_norm/gamma", "cls/predictions/transform/LayerNorm/gamma"),
+    ("mlm_head/layer_norm/beta", "cls/predictions/transform/LayerNorm/beta"),
+    ("mlm_head/output_bias", "cls/predictions/output_bias"),
+    ("nsp_head/output_weights", "cls/seq_relationship/output_weights"),
+    ("nsp_head/output_bias", "cls/seq_relationship/output_bias"),
+)
+
+
+def _pattern(template: str, prefix: str) -> re.Pattern[str]:
+    """A regex for `template` with "{i}" matching a layer index, after `prefix`."""
+    return re.compile(prefix + r"(\d+)".join(re.escape(p) for p in template.split("{i}")) + "$")
+
+
+# Keras paths may start with outer scopes (the model's name): match them as a suffix.
+_TO_ORIGINAL = [(_pattern(keras, r"(?:^|.*/)"), original) for keras, original in _NAME_TABLE]
+_TO_KERAS = [(_pattern(original, "^"), keras) for keras, original in _NAME_TABLE]
+
+
+def original_variable_name(variable_or_path: keras.Variable | str) -> str:
+    """The original release's checkpoint name of a variable of BertPretrainingModel.
+
+    Args:
+        variable_or_path: a Keras variable, or its `.path`
+            (e.g. "bert_pretraining/encoder/layer_0/self_attention/query/kernel"); any
+            prefix before "encoder/", "mlm_head/" or "nsp_head/" is ignored.
+
+    Returns:
+        The original name, e.g. "bert/encoder/layer_0/attention/self/query/kernel".
+
+    Raises:
+        ValueError: if the path is not one of the model's variables.
+    """
+    path = variable_or_path if isinstance(variable_or_path, str) else variable_or_path.path
+    for pattern, original in _TO_ORIGINAL:
+        match = pattern.match(path)
+        if match:
+            return original.replace("{i}", match.group(1)) if match.groups() else original
+    raise ValueError(f"No original BERT checkpoint name for the Keras variable path {path!r}.")
+
+
+def keras_variable_path(original_name: str) -> str:
+    """The inverse of `original_variable_name`: the Keras path below the model.
+
+    Args:
+        original_name: e.g. "bert/encoder/layer_0/attention/self/query/kernel".
+
+    Returns:
+        The path relative to the BertPretrainingModel, e.g.
+        "encoder/layer_0/self_attention/query/kernel".
+
+    Raises:
+        ValueError: if the name is not one of the original model's variables.
+    """
+    for pattern, keras_path in _TO_KERAS:
+        match = pattern.match(original_name)
+        if match:
+            return keras_path.replace("{i}", match.group(1)) if match.groups() else keras_path
+    raise ValueError(f"{original_name!r} is not a variable name of the original BERT model.")
+
+
+def original_name_map(model: keras.Layer) -> dict[str, keras.Variable]:
+    """Every variable of a built model, keyed by its original checkpoint name.
+
+    Args:
+        model: a built BertPretrainingModel (or BertEncoder, whose names are the "bert/"
+            subset).
+
+    Returns:
+        original name → variable, one entry per variable.
+
+    Raises:
+        ValueError: if the model is not built, or a variable has no original name, or two
+            variables share one.
+    """
+    if not model.weights:
+        raise ValueError(f"Model '{model.name}' has no variables yet; call build_weights().")
+    names: dict[str, keras.Variable] = {}
+    for variable in model.weights:
+        name = original_variable_name(variable)
+        if name in names:
+            raise ValueError(
+                f"Variables {names[name].path!r} and {variable.path!r} both map to {name!r}."
+            )
+        names[name] = variable
+    return names
