@@ -92,7 +92,7 @@ def read_records(path, max_seq_length, max_predictions):
 def test_truncate_seq_pair_keeps_a_window_of_each_segment():
     rng = random.Random(1)
     fronts = backs = 0
-    for trial in range(300):
+    for _ in range(300):
         a = list(range(100, 100 + rng.randint(1, 40)))
         b = list(range(500, 500 + rng.randint(1, 40)))
         original_a, original_b = list(a), list(b)
