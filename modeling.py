@@ -119,7 +119,7 @@ class BertConfig:
                 raise ValueError(_bad_value(name, getattr(self, name), "a rate in [0, 1)"))
         if not self.initializer_range > 0.0:
             raise ValueError(_bad_value("initializer_range", self.initializer_range, "> 0"))
-        if self.hidden_act not in ACTIVATIONS:
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATIONS:
             expected = "one of " + ", ".join(repr(name) for name in ACTIVATIONS)
             raise ValueError(_bad_value("hidden_act", self.hidden_act, expected))
         if self.hidden_size % self.num_attention_heads:
@@ -157,7 +157,9 @@ class BertConfig:
         known = [field.name for field in dataclasses.fields(cls)]
         unknown = [key for key in values if key not in known and key not in IGNORED_CONFIG_KEYS]
         if unknown:
-            raise ValueError(f"{source}: " + "; ".join(_unknown_key(key, known) for key in unknown))
+            raise ValueError(
+                f"{source}: " + "; ".join(_unknown_key(key, values[key], known) for key in unknown)
+            )
         if "vocab_size" not in values:
             raise ValueError(
                 f"{source}: missing required key 'vocab_size' (a positive integer, the number "
@@ -203,10 +205,10 @@ def _bad_value(name: str, value: Any, expected: str) -> str:
     return f"key '{name}' has value {value!r} ({type(value).__name__}); expected {expected}."
 
 
-def _unknown_key(key: str, known: list[str]) -> str:
+def _unknown_key(key: str, value: Any, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known) + "."
-    return f"unknown key '{key}'; {hint}"
+    return f"unknown key '{key}' (value {value!r}); {hint}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,8 +367,10 @@ class BertEmbeddings(keras.layers.Layer):
 
 
 class SelfAttention(keras.layers.Layer):
-    """Multi-head scaled dot-product self-attention (Vaswani et al., 2017) with its output
-    projection."""
+    """Multi-head scaled dot-product self-attention with its output projection.
+
+    As in Vaswani et al. (2017), "Attention is all you need", section 3.2.
+    """
 
     def __init__(self, config: BertConfig, probs_dropout_site: int, **kwargs: Any):
         super().__init__(**kwargs)
@@ -402,7 +406,8 @@ class SelfAttention(keras.layers.Layer):
         k = self._split_heads(self.key(x))  # [B, N, T, D]
         v = self._split_heads(self.value(x))  # [B, N, T, D]
         # Scaling by 1/sqrt(D) keeps the scores' variance independent of the head size.
-        scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(self.head_size))
+        scale = 1.0 / math.sqrt(self.head_size)
+        scores = tf.matmul(q, k, transpose_b=True) * scale  # [B, N, F, T]
         probs = tf.nn.softmax(scores + attention_bias, axis=-1)  # [B, N, F, T]
         probs = self.probs_dropout(probs, training=training, dropout_seed=dropout_seed)
         context = tf.matmul(probs, v)  # [B, N, F, D]
@@ -420,8 +425,10 @@ class SelfAttention(keras.layers.Layer):
 
 
 class TransformerLayer(keras.layers.Layer):
-    """One post-LayerNorm transformer layer, as in the original BERT:
-    x = LN(x + drop(attention(x))); x = LN(x + drop(W2·act(W1·x)))."""
+    """One transformer layer, post-LayerNorm as in the original BERT.
+
+    x ← LN(x + dropout(attention(x))), then x ← LN(x + dropout(W2·act(W1·x + b1) + b2)).
+    """
 
     def __init__(self, config: BertConfig, layer_index: int, **kwargs: Any):
         super().__init__(**kwargs)
@@ -453,6 +460,16 @@ class TransformerLayer(keras.layers.Layer):
         return self.ffn_layer_norm(x + self.ffn_dropout(ffn_output, **drop))
 
 
+def attention_bias_from_mask(input_mask: tf.Tensor, dtype: str | tf.DType) -> tf.Tensor:
+    """Turns `input_mask` [B, T] (1 = attend) into an additive score bias [B, 1, 1, T].
+
+    The bias is 0 for real tokens and MASK_ADDER for padding, the same for every head
+    and every query position.
+    """
+    mask = tf.cast(input_mask[:, tf.newaxis, tf.newaxis, :], dtype)  # [B, 1, 1, T]
+    return (1.0 - mask) * MASK_ADDER
+
+
 class BertEncoder(keras.layers.Layer):
     """The BERT encoder: embeddings, `num_hidden_layers` transformer layers and the pooler."""
 
@@ -460,8 +477,12 @@ class BertEncoder(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.config = config
         self.embeddings = BertEmbeddings(config, name="embeddings")
+        # Each layer is also an attribute: tf.train.Checkpoint does not see into the list
+        # (Keras 3 tracks it only for Keras itself), and checkpoints must hold every weight.
+        for i in range(config.num_hidden_layers):
+            setattr(self, f"layer_{i}", TransformerLayer(config, i, name=f"layer_{i}"))
         self.transformer_layers = [
-            TransformerLayer(config, i, name=f"layer_{i}") for i in range(config.num_hidden_layers)
+            getattr(self, f"layer_{i}") for i in range(config.num_hidden_layers)
         ]
         self.pooler = _dense(config.hidden_size, config, "pooler", activation="tanh")
 
@@ -498,16 +519,6 @@ class BertEncoder(keras.layers.Layer):
             x = layer(x, attention_bias, **drop)  # [B, S, H]
         pooled_output = self.pooler(x[:, 0])  # [B, H], from the first ([CLS]) token
         return x, pooled_output
-
-
-def attention_bias_from_mask(input_mask: tf.Tensor, dtype: str | tf.DType) -> tf.Tensor:
-    """Turns `input_mask` [B, T] (1 = attend) into an additive score bias [B, 1, 1, T].
-
-    The bias is 0 for real tokens and MASK_ADDER for padding, the same for every head
-    and every query position.
-    """
-    mask = tf.cast(input_mask[:, tf.newaxis, tf.newaxis, :], dtype)  # [B, 1, 1, T]
-    return (1.0 - mask) * MASK_ADDER
 
 
 class MaskedLMHead(keras.layers.Layer):
@@ -619,7 +630,9 @@ class BertPretrainingModel(keras.Model):
             dropout_seed=dropout_seed,
         )
         word_embeddings = self.encoder.embeddings.word_embeddings
-        mlm_logits = self.mlm_head(sequence_output, features["masked_lm_positions"], word_embeddings)
+        mlm_logits = self.mlm_head(
+            sequence_output, features["masked_lm_positions"], word_embeddings
+        )
         return {"mlm_logits": mlm_logits, "nsp_logits": self.nsp_head(pooled_output)}
 
     def build_weights(self) -> None:
@@ -674,25 +687,37 @@ def masked_lm_sums(
     }
 
 
-def next_sentence_sums(nsp_logits: tf.Tensor, next_sentence_labels: tf.Tensor) -> dict[str, tf.Tensor]:
+def next_sentence_sums(
+    nsp_logits: tf.Tensor,
+    next_sentence_labels: tf.Tensor,
+    example_weights: tf.Tensor | None = None,
+) -> dict[str, tf.Tensor]:
     """Next-sentence cross-entropy and accuracy, summed over the batch.
 
     Args:
         nsp_logits: [B, 2] float.
         next_sentence_labels: [B] or [B, 1] int, 0 = B follows A, 1 = B is random.
+        example_weights: [B] or [B, 1] float, 0 for padding examples (e.g. those that fill
+            the last evaluation batch); None weighs every example 1.
 
     Returns:
-        float32 scalars: "loss_sum", "count" (B) and "correct_sum".
+        float32 scalars: "loss_sum" (Σ weight·cross-entropy), "count" (Σ weight, B when
+        unweighted) and "correct_sum" (Σ weight·[argmax == label]).
     """
     logits = tf.cast(nsp_logits, tf.float32)
     labels = tf.reshape(tf.cast(next_sentence_labels, tf.int32), [-1])  # [B]
+    if example_weights is None:
+        weights = tf.ones_like(labels, tf.float32)
+    else:
+        weights = tf.reshape(tf.cast(example_weights, tf.float32), [-1])  # [B]
     log_probs = tf.nn.log_softmax(logits, axis=-1)  # [B, 2]
     target_log_probs = tf.gather(log_probs, labels, batch_dims=1)  # [B]
-    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)  # [B]
+    correct = tf.cast(tf.equal(predictions, labels), tf.float32)
     return {
-        "loss_sum": -tf.reduce_sum(target_log_probs),
-        "count": tf.cast(tf.size(labels), tf.float32),
-        "correct_sum": tf.reduce_sum(correct),
+        "loss_sum": -tf.reduce_sum(weights * target_log_probs),
+        "count": tf.reduce_sum(weights),
+        "correct_sum": tf.reduce_sum(weights * correct),
     }
 
 
@@ -700,54 +725,45 @@ def next_sentence_sums(nsp_logits: tf.Tensor, next_sentence_labels: tf.Tensor) -
 # Checkpoint names of the original release
 # ---------------------------------------------------------------------------------------
 
-# (Keras variable path below the model, original checkpoint name); "{i}" is a layer index.
-# The one place where the original's names appear.
-_NAME_TABLE = (
-    ("encoder/embeddings/word_embeddings", "bert/embeddings/word_embeddings"),
-    ("encoder/embeddings/position_embeddings", "bert/embeddings/position_embeddings"),
-    ("encoder/embeddings/token_type_embeddings", "bert/embeddings/token_type_embeddings"),
-    ("encoder/embeddings/layer_norm/gamma", "bert/embeddings/LayerNorm/gamma"),
-    ("encoder/embeddings/layer_norm/beta", "bert/embeddings/LayerNorm/beta"),
-    *(
-        (f"encoder/layer_{{i}}/self_attention/{part}/{var}",
-         f"bert/encoder/layer_{{i}}/attention/self/{part}/{var}")
-        for part in ("query", "key", "value")
-        for var in ("kernel", "bias")
-    ),
-    ("encoder/layer_{i}/self_attention/output_projection/kernel",
-     "bert/encoder/layer_{i}/attention/output/dense/kernel"),
-    ("encoder/layer_{i}/self_attention/output_projection/bias",
-     "bert/encoder/layer_{i}/attention/output/dense/bias"),
-    ("encoder/layer_{i}/attention_layer_norm/gamma",
-     "bert/encoder/layer_{i}/attention/output/LayerNorm/gamma"),
-    ("encoder/layer_{i}/attention_layer_norm/beta",
-     "bert/encoder/layer_{i}/attention/output/LayerNorm/beta"),
-    ("encoder/layer_{i}/intermediate/kernel", "bert/encoder/layer_{i}/intermediate/dense/kernel"),
-    ("encoder/layer_{i}/intermediate/bias", "bert/encoder/layer_{i}/intermediate/dense/bias"),
-    ("encoder/layer_{i}/ffn_output/kernel", "bert/encoder/layer_{i}/output/dense/kernel"),
-    ("encoder/layer_{i}/ffn_output/bias", "bert/encoder/layer_{i}/output/dense/bias"),
-    ("encoder/layer_{i}/ffn_layer_norm/gamma", "bert/encoder/layer_{i}/output/LayerNorm/gamma"),
-    ("encoder/layer_{i}/ffn_layer_norm/beta", "bert/encoder/layer_{i}/output/LayerNorm/beta"),
-    ("encoder/pooler/kernel", "bert/pooler/dense/kernel"),
-    ("encoder/pooler/bias", "bert/pooler/dense/bias"),
-    ("mlm_head/transform/kernel", "cls/predictions/transform/dense/kernel"),
-    ("mlm_head/transform/bias", "cls/predictions/transform/dense/bias"),
-    ("mlm_head/layer_norm/gamma", "cls/predictions/transform/LayerNorm/gamma"),
-    ("mlm_head/layer_norm/beta", "cls/predictions/transform/LayerNorm/beta"),
-    ("mlm_head/output_bias", "cls/predictions/output_bias"),
-    ("nsp_head/output_weights", "cls/seq_relationship/output_weights"),
-    ("nsp_head/output_bias", "cls/seq_relationship/output_bias"),
-)
-
-
-def _pattern(template: str, prefix: str) -> re.Pattern[str]:
-    """A regex for `template` with "{i}" matching a layer index, after `prefix`."""
-    return re.compile(prefix + r"(\d+)".join(re.escape(p) for p in template.split("{i}")) + "$")
-
-
-# Keras paths may start with outer scopes (the model's name): match them as a suffix.
-_TO_ORIGINAL = [(_pattern(keras, r"(?:^|.*/)"), original) for keras, original in _NAME_TABLE]
-_TO_KERAS = [(_pattern(original, "^"), keras) for keras, original in _NAME_TABLE]
+# The one place where the original release's names appear. Keys are Keras variable paths
+# below the BertPretrainingModel; a variable's full `.path` starts with the model's name.
+_ORIGINAL_NAMES = {
+    "encoder/embeddings/word_embeddings": "bert/embeddings/word_embeddings",
+    "encoder/embeddings/position_embeddings": "bert/embeddings/position_embeddings",
+    "encoder/embeddings/token_type_embeddings": "bert/embeddings/token_type_embeddings",
+    "encoder/embeddings/layer_norm/gamma": "bert/embeddings/LayerNorm/gamma",
+    "encoder/embeddings/layer_norm/beta": "bert/embeddings/LayerNorm/beta",
+    "encoder/pooler/kernel": "bert/pooler/dense/kernel",
+    "encoder/pooler/bias": "bert/pooler/dense/bias",
+    "mlm_head/transform/kernel": "cls/predictions/transform/dense/kernel",
+    "mlm_head/transform/bias": "cls/predictions/transform/dense/bias",
+    "mlm_head/layer_norm/gamma": "cls/predictions/transform/LayerNorm/gamma",
+    "mlm_head/layer_norm/beta": "cls/predictions/transform/LayerNorm/beta",
+    "mlm_head/output_bias": "cls/predictions/output_bias",
+    "nsp_head/output_weights": "cls/seq_relationship/output_weights",
+    "nsp_head/output_bias": "cls/seq_relationship/output_bias",
+}
+# Within "encoder/layer_{i}/" (Keras) and "bert/encoder/layer_{i}/" (original).
+_ORIGINAL_LAYER_NAMES = {
+    "self_attention/query/kernel": "attention/self/query/kernel",
+    "self_attention/query/bias": "attention/self/query/bias",
+    "self_attention/key/kernel": "attention/self/key/kernel",
+    "self_attention/key/bias": "attention/self/key/bias",
+    "self_attention/value/kernel": "attention/self/value/kernel",
+    "self_attention/value/bias": "attention/self/value/bias",
+    "self_attention/output_projection/kernel": "attention/output/dense/kernel",
+    "self_attention/output_projection/bias": "attention/output/dense/bias",
+    "attention_layer_norm/gamma": "attention/output/LayerNorm/gamma",
+    "attention_layer_norm/beta": "attention/output/LayerNorm/beta",
+    "intermediate/kernel": "intermediate/dense/kernel",
+    "intermediate/bias": "intermediate/dense/bias",
+    "ffn_output/kernel": "output/dense/kernel",
+    "ffn_output/bias": "output/dense/bias",
+    "ffn_layer_norm/gamma": "output/LayerNorm/gamma",
+    "ffn_layer_norm/beta": "output/LayerNorm/beta",
+}
+_KERAS_PATHS = {original: path for path, original in _ORIGINAL_NAMES.items()}
+_KERAS_LAYER_PATHS = {original: path for path, original in _ORIGINAL_LAYER_NAMES.items()}
 
 
 def original_variable_name(variable_or_path: keras.Variable | str) -> str:
@@ -765,10 +781,12 @@ def original_variable_name(variable_or_path: keras.Variable | str) -> str:
         ValueError: if the path is not one of the model's variables.
     """
     path = variable_or_path if isinstance(variable_or_path, str) else variable_or_path.path
-    for pattern, original in _TO_ORIGINAL:
-        match = pattern.match(path)
-        if match:
-            return original.replace("{i}", match.group(1)) if match.groups() else original
+    layer = re.search(r"(?:^|/)encoder/layer_(\d+)/(.+)$", path)
+    if layer and layer.group(2) in _ORIGINAL_LAYER_NAMES:
+        return f"bert/encoder/layer_{layer.group(1)}/{_ORIGINAL_LAYER_NAMES[layer.group(2)]}"
+    for keras_path, original in _ORIGINAL_NAMES.items():
+        if path == keras_path or path.endswith("/" + keras_path):
+            return original
     raise ValueError(f"No original BERT checkpoint name for the Keras variable path {path!r}.")
 
 
@@ -785,10 +803,11 @@ def keras_variable_path(original_name: str) -> str:
     Raises:
         ValueError: if the name is not one of the original model's variables.
     """
-    for pattern, keras_path in _TO_KERAS:
-        match = pattern.match(original_name)
-        if match:
-            return keras_path.replace("{i}", match.group(1)) if match.groups() else keras_path
+    layer = re.fullmatch(r"bert/encoder/layer_(\d+)/(.+)", original_name)
+    if layer and layer.group(2) in _KERAS_LAYER_PATHS:
+        return f"encoder/layer_{layer.group(1)}/{_KERAS_LAYER_PATHS[layer.group(2)]}"
+    if original_name in _KERAS_PATHS:
+        return _KERAS_PATHS[original_name]
     raise ValueError(f"{original_name!r} is not a variable name of the original BERT model.")
 
 

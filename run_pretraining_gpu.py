@@ -28,11 +28,15 @@ import sys
 import time
 from collections.abc import Sequence
 
-import tensorflow as tf
+# TensorFlow's C++ INFO lines (oneDNN notices, CPU features) drown the training log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-import input_pipeline
-import modeling
-import optimization
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import input_pipeline  # noqa: E402
+import modeling  # noqa: E402
+import optimization  # noqa: E402
 
 # ----------------------------------------------------------------------------------------
 # Configuration
@@ -195,9 +199,11 @@ class Trainer:
         self.strategy = strategy
         self.config = config
         self.num_replicas = strategy.num_replicas_in_sync
+        # The initial weights are a function of --seed.
+        keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             self.model = modeling.BertPretrainingModel(bert_config)
-            self.model.build_weights(config.max_seq_length, config.max_predictions_per_seq)
+            self.model.build_weights()
             names = modeling.original_name_map(self.model)
             by_id = {id(v): name for name, v in names.items()}
             self.variables = list(self.model.trainable_variables)
@@ -231,6 +237,9 @@ class Trainer:
             sums = pretraining_sums(self.model, batch, training=True, dropout_seed=dropout_seed)
             loss = global_loss(sums, mlm_count, nsp_count)
         grads = tape.gradient(loss, self.variables)
+        # Embedding lookups give sparse (IndexedSlices) gradients whose row counts differ
+        # between replicas; all-reduce them densely, as one tensor per variable.
+        grads = [tf.convert_to_tensor(g) for g in grads]
         # The gradient of the global loss: the sum of every replica's share.
         grads = context.all_reduce("sum", grads)
         grads, grad_norm = optimization.clip_by_global_norm(grads, 1.0)
@@ -634,7 +643,6 @@ def main(argv: Sequence[str]) -> int:
     del argv
     try:
         config = config_from_flags()
-        tf.keras.utils.set_random_seed(config.seed)
         train_and_evaluate(config)
     except (ValueError, OSError, input_pipeline.DataMismatchError) as e:
         _log(f"error: {e}")

@@ -24,6 +24,7 @@ building should not pay its start-up time.
 from __future__ import annotations
 
 import itertools
+import os
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 
@@ -443,10 +444,12 @@ class SentencePieceTokenizer:
 
         self.source = model_file
         self.do_lower_case = do_lower_case
+        if not os.path.exists(model_file):
+            raise FileNotFoundError(f"SentencePiece model {model_file} does not exist")
         try:
             self._sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
-        except OSError as e:
-            raise OSError(f"cannot load SentencePiece model {model_file}: {e}") from None
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"cannot load SentencePiece model {model_file}: {e}") from None
         sp = self._sp
         self.vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
         self._special_ids = self._find_special_ids()

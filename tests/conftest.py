@@ -24,3 +24,23 @@ def pytest_configure(config):
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_TEST_CPU_DEVICES
     )
+
+
+_STRATEGIES = {}
+
+
+def mirrored_strategy(num_replicas: int):
+    """One MirroredStrategy per replica count for the whole test process.
+
+    Strategies over the same devices share collective-op keys; a second strategy made
+    after the first has run collectives can collide with the first's cached instances
+    ("Shape mismatch in the collective instance ..."). A training process makes one
+    strategy; the tests share one per device set to behave the same way.
+    """
+    import tensorflow as tf
+
+    if num_replicas not in _STRATEGIES:
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")[:num_replicas]]
+        assert len(devices) == num_replicas, devices
+        _STRATEGIES[num_replicas] = tf.distribute.MirroredStrategy(devices=devices)
+    return _STRATEGIES[num_replicas]

@@ -1,7 +1,6 @@
 """Tests of input_pipeline.py: file checks, the original format, batches, positions."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -131,7 +130,9 @@ def test_train_dataset_is_seeded_and_covers_every_record(tmp_path):
     all_ids = sorted(tuple(w["input_ids"]) for part in written for w in part)
 
     def first_batches(seed, n, buffer=100):
-        dataset = input_pipeline.train_dataset(paths, 6, SEQ, PRED, seed=seed, shuffle_buffer=buffer)
+        dataset = input_pipeline.train_dataset(
+            paths, 6, SEQ, PRED, seed=seed, shuffle_buffer=buffer
+        )
         return [_ids(b) for b in dataset.take(n)]
 
     a, b, c = first_batches(1, 8), first_batches(1, 8), first_batches(2, 8)

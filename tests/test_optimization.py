@@ -2,6 +2,7 @@
 
 import functools
 
+import conftest
 import keras
 import numpy as np
 import pytest
@@ -298,7 +299,7 @@ def test_slots_are_checkpointed_without_model_variables(tmp_path):
 def test_mirrored_update_matches_numpy_reference():
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) == 2, "tests/conftest.py should split the CPU into 2 devices"
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    strategy = conftest.mirrored_strategy(2)
     num_replicas = strategy.num_replicas_in_sync
     rng = np.random.default_rng(1)
     initial = [rng.normal(size=s).astype(np.float32) for s in SHAPES]

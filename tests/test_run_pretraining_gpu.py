@@ -1,0 +1,350 @@
+"""Tests of run_pretraining_gpu.py: replica equivalence, resume, eval, errors, the CLI."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import conftest
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import create_pretraining_data as cpd
+import input_pipeline
+import modeling
+import run_pretraining_gpu as rp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEQ, PRED = 32, 5
+NUM_WORDS = 300
+VOCAB_SIZE = 5 + NUM_WORDS
+
+
+def tiny_config(dropout=0.0):
+    return {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 37,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": dropout,
+        "attention_probs_dropout_prob": dropout,
+        "max_position_embeddings": 64,
+        "type_vocab_size": 2,
+        "initializer_range": 0.02,
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A vocabulary, a corpus, TFRecords made from it, and two tiny BERT configs."""
+    root = tmp_path_factory.mktemp("train")
+    vocab = root / "vocab.txt"
+    words = [f"w{i}" for i in range(NUM_WORDS)]
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    rng = random.Random(0)
+    documents = []
+    for _ in range(40):
+        start = rng.randrange(NUM_WORDS)
+        # Documents walk through the words in order, so the text is learnable.
+        sentences, k = [], start
+        for _ in range(rng.randint(3, 8)):
+            n = rng.randint(4, 10)
+            sentences.append(" ".join(words[(k + j) % NUM_WORDS] for j in range(n)))
+            k += n
+        documents.append(sentences)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join("\n".join(d) for d in documents) + "\n")
+    data = str(root / "train.tfrecord")
+    options = cpd.DataOptions(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=4)
+    cpd.create_pretraining_data(str(corpus), data, cpd.TokenizerSpec(str(vocab)), options, log=None)
+    configs = {}
+    for name, dropout in (("nodrop", 0.0), ("drop", 0.1)):
+        path = root / f"bert_config_{name}.json"
+        path.write_text(json.dumps(tiny_config(dropout)))
+        configs[name] = str(path)
+    return {"root": root, "data": data, "configs": configs, "vocab": str(vocab)}
+
+
+def strategy_over(num_replicas):
+    return conftest.mirrored_strategy(num_replicas)
+
+
+def make_config(workspace, output_dir, **overrides):
+    values = dict(
+        input_file=workspace["data"],
+        output_dir=str(output_dir),
+        bert_config_file=workspace["configs"]["nodrop"],
+        max_seq_length=SEQ,
+        max_predictions_per_seq=PRED,
+        batch_size=4,
+        eval_batch_size=3,
+        learning_rate=1e-3,
+        num_train_steps=50,
+        num_warmup_steps=2,
+        save_checkpoints_steps=1000,
+        log_every_n_steps=1,
+        seed=7,
+    )
+    values.update(overrides)
+    return rp.TrainConfig(**values)
+
+
+def run_steps(workspace, num_replicas, batch_size, steps, init_weights=None, **overrides):
+    """Builds a Trainer on `num_replicas` replicas and runs `steps` training steps."""
+    config = make_config(
+        workspace, workspace["root"] / "unused", batch_size=batch_size, **overrides
+    )
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    trainer = rp.Trainer(strategy_over(num_replicas), bert_config, config)
+    if init_weights is not None:
+        for variable, value in zip(trainer.variables, init_weights):
+            variable.assign(value)
+    dataset = input_pipeline.train_dataset(
+        [workspace["data"]], batch_size * num_replicas, SEQ, PRED, seed=config.seed
+    )
+    iterator = iter(dataset)
+    metrics = [{k: float(v) for k, v in trainer.train_step(iterator).items()} for _ in range(steps)]
+    return trainer, metrics
+
+
+def initial_weights(workspace):
+    """The initial weights of a model built with the test's seed."""
+    config = make_config(workspace, workspace["root"] / "unused")
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    trainer = rp.Trainer(strategy_over(1), bert_config, config)
+    return [v.numpy() for v in trainer.variables]
+
+
+def test_two_replicas_train_exactly_like_one_device_with_twice_the_batch(workspace):
+    start = initial_weights(workspace)
+    one, one_metrics = run_steps(workspace, 1, batch_size=8, steps=4, init_weights=start)
+    two, two_metrics = run_steps(workspace, 2, batch_size=4, steps=4, init_weights=start)
+    for a, b in zip(one_metrics, two_metrics):
+        for key in ("mlm_loss_sum", "mlm_count", "nsp_loss_sum", "grad_norm", "learning_rate"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
+    for a, b, initial in zip(one.variables, two.variables, start):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
+        assert not np.array_equal(a.numpy(), initial), f"{a.path} did not train"
+    for a, b in zip(one.optimizer.m + one.optimizer.v, two.optimizer.m + two.optimizer.v):
+        # Float32 sums in another order: compare relative to each slot's scale (the key
+        # biases have an exactly zero gradient in theory, ~1e-15 of rounding in practice).
+        scale = np.abs(a.numpy()).max()
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5 * scale + 1e-10)
+    # Both copies of every mirrored variable are identical.
+    for variable in two.optimizer.model_variables:
+        first, second = two.strategy.experimental_local_results(variable)
+        np.testing.assert_array_equal(first.numpy(), second.numpy())
+    # Sanity of the set-up that makes this test sensitive: the two halves of a global
+    # batch hold different numbers of masked tokens (so per-replica normalisation would
+    # give another gradient), and the norm reported is the global one, > the clip norm
+    # on the first step (a doubled or halved gradient would show in it).
+    batch = next(iter(input_pipeline.train_dataset([workspace["data"]], 8, SEQ, PRED, seed=7)))
+    halves = batch["masked_lm_weights"].numpy().reshape(2, 4, PRED).sum(axis=(1, 2))
+    assert halves[0] != halves[1]
+    assert two_metrics[0]["grad_norm"] > 1.0
+
+
+def test_loss_falls(workspace):
+    start = initial_weights(workspace)
+    _, metrics = run_steps(
+        workspace, 2, batch_size=8, steps=80, init_weights=start,
+        learning_rate=3e-3, num_train_steps=1000, num_warmup_steps=5,
+    )  # fmt: skip
+    losses = [(m["mlm_loss_sum"] / m["mlm_count"]) for m in metrics]
+    # From ln(305) = 5.72 (uniform guessing) to clearly below.
+    assert np.mean(losses[:3]) > 5.6
+    assert np.mean(losses[-10:]) < np.mean(losses[:3]) - 0.5, losses
+
+
+def test_eval_metrics_equal_a_numpy_computation(workspace):
+    config = make_config(workspace, workspace["root"] / "eval", eval_batch_size=3)
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    trainer = rp.Trainer(strategy_over(2), bert_config, config)
+    # Perturb the weights so the model predicts something.
+    rng = np.random.default_rng(0)
+    for variable in trainer.variables:
+        variable.assign(variable.numpy() + rng.normal(0, 0.05, variable.shape))
+    results = trainer.evaluate([workspace["data"]], max_eval_steps=0)
+
+    rows = list(tf.data.TFRecordDataset(workspace["data"]))
+    batch = next(iter(input_pipeline.eval_dataset([workspace["data"]], len(rows), SEQ, PRED)))
+    outputs = trainer.model(batch, training=False)
+    mlm_logits = outputs["mlm_logits"].numpy().astype(np.float64)
+    nsp_logits = outputs["nsp_logits"].numpy().astype(np.float64)
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    ids = batch["masked_lm_ids"].numpy()
+    weights = batch["masked_lm_weights"].numpy()
+    token_logp = np.take_along_axis(log_softmax(mlm_logits), ids[..., None], -1)[..., 0]
+    labels = batch["next_sentence_labels"].numpy()
+    nsp_logp = log_softmax(nsp_logits)[np.arange(len(labels)), labels]
+    expected = {
+        "masked_lm_loss": -(token_logp * weights).sum() / weights.sum(),
+        "masked_lm_accuracy": ((mlm_logits.argmax(-1) == ids) * weights).sum() / weights.sum(),
+        "next_sentence_loss": -nsp_logp.mean(),
+        "next_sentence_accuracy": (nsp_logits.argmax(-1) == labels).mean(),
+    }
+    assert len(rows) % 6 != 0  # the last global batch is padded
+    assert results["eval_examples"] == len(rows)
+    for key, value in expected.items():
+        np.testing.assert_allclose(results[key], value, rtol=1e-5, err_msg=key)
+    assert 0 < results["masked_lm_accuracy"] < 1
+
+
+def interrupt_after(monkeypatch, steps):
+    """Makes the training loop receive a real SIGINT after `steps` steps."""
+    original = rp.Trainer.train_step
+    calls = {"n": 0}
+
+    def train_step(self, iterator):
+        result = original(self, iterator)
+        calls["n"] += 1
+        if calls["n"] == steps:
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(rp.Trainer, "train_step", train_step)
+    return calls
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
+    workspace, tmp_path, monkeypatch
+):
+    overrides = dict(
+        bert_config_file=workspace["configs"]["drop"],  # dropout on
+        num_train_steps=8,
+        save_checkpoints_steps=3,
+        batch_size=4,
+    )
+    straight = make_config(workspace, tmp_path / "straight", **overrides)
+    rp.train_and_evaluate(straight, strategy=strategy_over(2))
+
+    resumed = make_config(workspace, tmp_path / "resumed", **overrides)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 5)
+        rp.train_and_evaluate(resumed, strategy=strategy_over(2))
+    assert tf.train.latest_checkpoint(resumed.output_dir).endswith("model.ckpt-5")
+    rp.train_and_evaluate(resumed, strategy=strategy_over(2))
+    final = {}
+    for name in ("straight", "resumed"):
+        path = tf.train.latest_checkpoint(str(tmp_path / name))
+        assert path.endswith("model.ckpt-8")
+        reader = tf.train.load_checkpoint(path)
+        final[name] = {
+            key: reader.get_tensor(key)
+            for key in reader.get_variable_to_shape_map()
+            if key.startswith(("model/", "optimizer/")) and "OPTIMIZER_SLOT" not in key
+        }
+    assert final["straight"].keys() == final["resumed"].keys()
+    # Every weight is in the checkpoint: embeddings 5, 16 per layer, pooler 2, MLM head 5,
+    # NSP head 2 — and as many Adam m and v slots.
+    model_keys = [key for key in final["straight"] if key.startswith("model/")]
+    assert len(model_keys) == 5 + 16 * 2 + 2 + 5 + 2
+    assert len(final["straight"]) == 3 * len(model_keys)
+    assert any("optimizer/" in key for key in final["straight"])
+    for key, value in final["straight"].items():
+        np.testing.assert_array_equal(value, final["resumed"][key], err_msg=key)
+
+
+def test_data_that_does_not_fit_the_model_is_refused(workspace, tmp_path):
+    for overrides, fragment in [
+        (dict(max_seq_length=64), "max_seq_length=32 but --max_seq_length is 64"),
+        (dict(max_predictions_per_seq=7), "max_predictions_per_seq=5 but"),
+    ]:
+        config = make_config(workspace, tmp_path / "x", **overrides)
+        with pytest.raises(input_pipeline.DataMismatchError) as info:
+            rp.train_and_evaluate(config, strategy=strategy_over(1))
+        assert fragment in str(info.value) and workspace["data"] in str(info.value)
+    config_path = tmp_path / "big_vocab.json"
+    config_path.write_text(json.dumps(dict(tiny_config(), vocab_size=400)))
+    config = make_config(workspace, tmp_path / "x", bert_config_file=str(config_path))
+    with pytest.raises(input_pipeline.DataMismatchError, match="vocab_size=305 but vocab_size"):
+        rp.train_and_evaluate(config, strategy=strategy_over(1))
+    assert not os.path.exists(tmp_path / "x")  # refused before anything was written
+
+
+def test_missing_input_files(workspace, tmp_path):
+    config = make_config(workspace, tmp_path / "x", input_file=str(tmp_path / "nope*.tfrecord"))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        rp.train_and_evaluate(config, strategy=strategy_over(1))
+
+
+def test_more_gpus_than_visible_is_an_error():
+    visible = len(tf.config.list_physical_devices("GPU"))
+    with pytest.raises(ValueError) as info:
+        rp.make_strategy(num_gpus=visible + 1)
+    assert "--cpu_replicas" in str(info.value)
+    assert (f"only {visible} GPU" if visible else "no GPU is visible") in str(info.value)
+
+
+def test_flags_are_validated():
+    with pytest.raises(ValueError, match="--batch_size=0"):
+        rp.TrainConfig(input_file="x", output_dir="o", bert_config_file="c", batch_size=0)
+    with pytest.raises(ValueError, match="exclude each other"):
+        rp.TrainConfig(input_file="x", output_dir="o", bert_config_file="c", num_gpus=2,
+                       cpu_replicas=2)  # fmt: skip
+
+
+def run_cli(*args):
+    command = [sys.executable, os.path.join(ROOT, "run_pretraining_gpu.py"), *args]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+
+
+def test_command_line_trains_evaluates_and_resumes(workspace, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        f"--input_file={workspace['data']}", f"--output_dir={out}",
+        f"--bert_config_file={workspace['configs']['drop']}",
+        f"--max_seq_length={SEQ}", f"--max_predictions_per_seq={PRED}",
+        "--do_train", "--do_eval", "--cpu_replicas=2", "--batch_size=4",
+        "--eval_batch_size=4", "--num_train_steps=6", "--num_warmup_steps=2",
+        "--save_checkpoints_steps=4", "--log_every_n_steps=2", "--max_eval_steps=3",
+    ]  # fmt: skip
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr
+    assert "2 replica(s)" in log and "4 per replica × 2 replica(s) = 8 global" in log
+    assert "step 6/6" in log and "examples/s" in log and "steps/s" in log and "ETA" in log
+    assert tf.train.latest_checkpoint(str(out)).endswith("model.ckpt-6")
+    results = dict(
+        line.split(" = ") for line in (out / "eval_results.txt").read_text().splitlines()
+    )
+    assert set(results) >= {
+        "global_step", "loss", "masked_lm_accuracy", "masked_lm_loss",
+        "next_sentence_accuracy", "next_sentence_loss",
+    }  # fmt: skip
+    assert results["global_step"] == "6" and results["eval_steps"] == "3"
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(out))
+    # The same command again: nothing left to train, it resumes at step 6 and evaluates.
+    again = run_cli(*args)
+    assert again.returncode == 0 and "resumed from" in again.stderr
+    # Changing the batch size of a run in progress is refused.
+    changed = run_cli(*[a if a != "--batch_size=4" else "--batch_size=2" for a in args])
+    assert changed.returncode == 1 and "--batch_size: 4 then, 2 now" in changed.stderr
+
+
+def test_command_line_errors(workspace, tmp_path):
+    bad_config = tmp_path / "bad.json"
+    bad_config.write_text(json.dumps(dict(tiny_config(), hidden_sise=32)))
+    result = run_cli(
+        f"--input_file={workspace['data']}", f"--output_dir={tmp_path / 'o'}",
+        f"--bert_config_file={bad_config}", "--do_train",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "hidden_sise" in result.stderr and "Traceback" not in result.stderr
+    if not tf.config.list_physical_devices("GPU"):
+        result = run_cli(
+            f"--input_file={workspace['data']}", f"--output_dir={tmp_path / 'o'}",
+            f"--bert_config_file={workspace['configs']['drop']}", "--do_train", "--num_gpus=2",
+            f"--max_seq_length={SEQ}", f"--max_predictions_per_seq={PRED}",
+        )  # fmt: skip
+        assert result.returncode == 1 and "no GPU is visible" in result.stderr
