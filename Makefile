@@ -28,5 +28,24 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# Without a GPU the demo mirrors 2 replicas over 2 logical CPU devices.
+DEMO_DEVICES := $(shell nvidia-smi -L >/dev/null 2>&1 || echo '--cpu_replicas=2')
+DEMO := build/demo
+
+pretrain: $(VENV)/.installed
+	$(PY) create_pretraining_data.py --input_file=sample_text.txt --vocab_file=vocab.txt \
+		--output_file=$(DEMO)/sample.tfrecord --max_seq_length=128 \
+		--max_predictions_per_seq=20 --dupe_factor=10
+	$(PY) run_pretraining_gpu.py --input_file=$(DEMO)/sample.tfrecord \
+		--output_dir=$(DEMO)/pretrain --bert_config_file=bert_config.json \
+		--max_seq_length=128 --max_predictions_per_seq=20 --do_train --do_eval \
+		--batch_size=16 --num_train_steps=400 --num_warmup_steps=40 \
+		--learning_rate=2e-3 --save_checkpoints_steps=200 --log_every_n_steps=50 \
+		--max_eval_steps=0 $(DEMO_DEVICES)
+	@echo
+	@echo "checkpoints:      $(DEMO)/pretrain/model.ckpt-* (tf.train.latest_checkpoint finds the newest)"
+	@echo "eval results:     $(DEMO)/pretrain/eval_results.txt"
+	@echo "TensorBoard logs: tensorboard --logdir=$(DEMO)/pretrain"
+
 clean:
-	rm -rf $(VENV) out build
+	rm -rf $(VENV) build

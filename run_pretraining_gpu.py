@@ -32,6 +32,7 @@ from collections.abc import Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import input_pipeline  # noqa: E402
@@ -299,7 +300,9 @@ class Trainer:
         Returns:
             The original release's eval keys: global_step, loss (masked_lm_loss +
             next_sentence_loss), masked_lm_accuracy, masked_lm_loss,
-            next_sentence_accuracy, next_sentence_loss; plus eval_examples, eval_steps.
+            next_sentence_accuracy, next_sentence_loss; plus eval_examples, eval_steps
+            and masked_lm_most_frequent_accuracy (the accuracy of always predicting
+            the most frequent masked token: the floor to beat).
         """
         dataset = input_pipeline.eval_dataset(
             files,
@@ -308,12 +311,20 @@ class Trainer:
             self.config.max_predictions_per_seq,
         )
         totals: dict[str, float] = {}
+        # Masked-token frequencies, for the accuracy of always predicting the most
+        # frequent one: the floor a model must clear to have learnt anything.
+        target_counts = np.zeros(self.model.config.vocab_size)
         steps = 0
         for global_batch in dataset:
             if max_eval_steps and steps >= max_eval_steps:
                 break
             for name, value in self.eval_step(global_batch).items():
                 totals[name] = totals.get(name, 0.0) + float(value)
+            np.add.at(
+                target_counts,
+                global_batch["masked_lm_ids"].numpy().ravel(),
+                global_batch["masked_lm_weights"].numpy().ravel(),
+            )
             steps += 1
         if not steps:
             raise ValueError(f"the eval data ({', '.join(files)}) holds no examples")
@@ -321,6 +332,7 @@ class Trainer:
         results["loss"] = results["masked_lm_loss"] + results["next_sentence_loss"]
         results["global_step"] = int(self.step.numpy())
         results["eval_examples"] = int(totals["nsp_count"])
+        results["masked_lm_most_frequent_accuracy"] = target_counts.max() / totals["mlm_count"]
         results["eval_steps"] = steps
         return results
 
@@ -626,6 +638,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", d["seed"].default, "Seed of data order, init and dropout.")
 
 
+def flags_were_given(*names: str) -> bool:
+    from absl import flags
+
+    return any(flags.FLAGS[name].present for name in names if name in flags.FLAGS)
+
+
 def config_from_flags() -> TrainConfig:
     from absl import flags
 
@@ -640,7 +658,13 @@ def config_from_flags() -> TrainConfig:
 
 
 def main(argv: Sequence[str]) -> int:
+    from absl import logging
+
     del argv
+    # absl would print TensorFlow's Python INFO records (checkpoint sharding, reduce
+    # placement) between our log lines; -v / --verbosity still turns them back on.
+    if not flags_were_given("verbosity", "v"):
+        logging.set_verbosity(logging.WARNING)
     try:
         config = config_from_flags()
         train_and_evaluate(config)
