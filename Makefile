@@ -39,8 +39,8 @@ pretrain: $(VENV)/.installed
 	$(PY) run_pretraining_gpu.py --input_file=$(DEMO)/sample.tfrecord \
 		--output_dir=$(DEMO)/pretrain --bert_config_file=bert_config.json \
 		--max_seq_length=128 --max_predictions_per_seq=20 --do_train --do_eval \
-		--batch_size=16 --num_train_steps=400 --num_warmup_steps=40 \
-		--learning_rate=2e-3 --save_checkpoints_steps=200 --log_every_n_steps=50 \
+		--batch_size=16 --num_train_steps=800 --num_warmup_steps=80 \
+		--learning_rate=1e-3 --save_checkpoints_steps=400 --log_every_n_steps=100 \
 		--max_eval_steps=0 $(DEMO_DEVICES)
 	@echo
 	@echo "checkpoints:      $(DEMO)/pretrain/model.ckpt-* (tf.train.latest_checkpoint finds the newest)"

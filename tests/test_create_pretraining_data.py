@@ -525,3 +525,43 @@ def test_command_line_reports_errors(tmp_path, vocab_file):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 1
     assert "missing.txt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sentencepiece_model_and_whole_word_masking(tmp_path):
+    import build_vocab
+
+    documents = [
+        [f"the {w}ing of the river near town number {d} was slow and quiet." for w in ("walk",
+         "sing", "read", "build")] for d in range(12)
+    ]  # fmt: skip
+    corpus = write_corpus(tmp_path / "c.txt", documents)
+    prefix = str(tmp_path / "spm")
+    build_vocab.build_vocab([corpus], 60, str(tmp_path / "v.txt"), True, spm_model_prefix=prefix)
+    out = str(tmp_path / "o.tfrecord")
+    options = cpd.DataOptions(
+        max_seq_length=64, max_predictions_per_seq=10, dupe_factor=3, do_whole_word_mask=True
+    )
+    spec = cpd.TokenizerSpec(spm_model_file=prefix + ".model", do_lower_case=True)
+    cpd.create_pretraining_data(corpus, out, spec, options, log=None)
+    tokenizer = spec.build()
+    special = tokenizer.special_token_ids()
+    starts_word = [not c for c in tokenizer.continuation_mask()]
+    meta = json.loads(open(out + ".json").read())
+    import sentencepiece
+
+    pieces = sentencepiece.SentencePieceProcessor(model_file=prefix + ".model").get_piece_size()
+    assert meta["spm_model_file"] == prefix + ".model" and meta["vocab_size"] == pieces
+    records = read_records(out, 64, 10)
+    checked = 0
+    for r in records:
+        ids = _restore(r)
+        n = int(r["input_mask"].sum())
+        assert ids[0] == special["[CLS]"] and ids[n - 1] == special["[SEP]"]
+        masked = {int(p) for p, w in zip(r["masked_lm_positions"], r["masked_lm_weights"]) if w}
+        sep = ids.index(special["[SEP]"])
+        # Whole words: a masked continuation piece has its word's previous piece masked.
+        for p in masked:
+            if p not in (1, sep + 1) and not starts_word[ids[p]]:
+                assert p - 1 in masked
+                checked += 1
+    assert checked > 50
