@@ -778,7 +778,7 @@ def create_pretraining_data(
             print(message, file=log, flush=True)
 
     say(
-        f"create_pretraining_data: {len(paths)} input file(s), {total_bytes / 1e6:.1f} MB; "
+        f"create_pretraining_data: {len(paths)} input file(s), {total_bytes / 1e6:.2f} MB; "
         f"vocabulary {tokenizer_spec.path} ({vocab.size} tokens); {num_workers} worker(s); "
         f"max_seq_length={options.max_seq_length} dupe_factor={options.dupe_factor}"
     )
