@@ -9,15 +9,16 @@ true continuation of A half of the time and a span of another document otherwise
 about 15% of the tokens masked for the masked-LM task.
 
 Unlike the original release, which tokenizes the whole corpus into memory and builds
-every instance in one process, this script streams: documents are read in chunks of
-about --chunk_mb of text, every chunk is tokenized, turned into instances (for all
---dupe_factor rounds), shuffled and serialized by one of --num_workers processes, and
-the chunks' records are written in chunk order. Memory is therefore bounded by the
-chunk size whatever the corpus size, and the output is identical for any --num_workers
-because each chunk's random generator is seeded from (--random_seed, chunk index).
-The trade-off: the random "B" segments of next-sentence negatives are drawn from the
-same chunk rather than the whole corpus, and instances are shuffled within a chunk
-rather than globally (training shuffles again across files and records).
+every instance in one process, this script streams: each of the --dupe_factor rounds is
+a pass over the corpus, read in chunks of about --chunk_mb of text (and at least
+MIN_DOCUMENTS_PER_CHUNK documents); every chunk is tokenized, turned into instances,
+shuffled and serialized by one of --num_workers processes, and the records are written
+in (round, chunk) order. Memory is therefore bounded by the chunk size whatever the
+corpus size, and the output is identical for any --num_workers because each chunk's
+random generator is seeded from (--random_seed, round, chunk index). The trade-off: the
+random "B" segments of next-sentence negatives are drawn from the same chunk rather than
+the whole corpus, and instances are shuffled within a chunk rather than globally
+(training shuffles again across files and records).
 
 TensorFlow is not imported here: records are serialized with a small hand-written
 `tf.train.Example` encoder and framed as TFRecords, which keeps start-up fast and the
@@ -27,6 +28,7 @@ worker processes light.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import glob
 import hashlib
@@ -34,6 +36,7 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import struct
 import sys
 import time
@@ -305,7 +308,9 @@ def create_instances_from_document(
         options: Data options.
         vocab: Special ids and vocabulary facts.
         rng: The random generator.
-        stats: Optional counter for "truncated" and "random_next".
+        stats: Optional counter for "truncated_pairs", "random_next" and
+            "random_next_same_document" (a negative B that had to come from the same
+            document: only when the chunk holds a single document).
 
     Returns:
         The document's instances, in order.
@@ -342,6 +347,8 @@ def create_instances_from_document(
                     random_index = rng.randint(0, len(documents) - 1)
                     if random_index != document_index:
                         break
+                if stats is not None and random_index == document_index:
+                    stats["random_next_same_document"] += 1
                 random_document = documents[random_index]
                 for sentence in random_document[rng.randint(0, len(random_document) - 1) :]:
                     tokens_b.extend(sentence)
@@ -510,13 +517,16 @@ def expand_input_files(patterns: str | Sequence[str]) -> list[str]:
 
 
 def read_documents(
-    paths: Iterable[str], stats: collections.Counter
+    paths: Iterable[str], stats: collections.Counter, max_document_bytes: int | None = None
 ) -> Iterator[tuple[list[str], int]]:
     """Streams documents from text files in the original release's format.
 
     One sentence per line, documents separated by blank lines; a file's end also ends a
     document. Bytes that are not valid UTF-8 are replaced by U+FFFD (which the
-    tokenizer drops) and counted in `stats["invalid_utf8_lines"]`.
+    tokenizer drops) and counted in `stats["invalid_utf8_lines"]`. A document longer
+    than `max_document_bytes` is cut into parts of about that size (counted in
+    `stats["documents_split"]`), so that memory stays bounded even for a corpus without
+    blank lines.
 
     Yields:
         (document lines, number of bytes read for it).
@@ -524,6 +534,8 @@ def read_documents(
     for path in paths:
         document: list[str] = []
         num_bytes = 0
+        document_bytes = 0
+        cut = False  # the previous part of this document was cut off at the size limit
         with open(path, "rb") as f:
             for raw in f:
                 num_bytes += len(raw)
@@ -533,25 +545,43 @@ def read_documents(
                     stats["invalid_utf8_lines"] += 1
                     line = raw.decode("utf-8", errors="replace").strip()
                 if line:
+                    stats["documents_split"] += cut
+                    cut = False
                     document.append(line)
-                elif document:
-                    yield document, num_bytes
-                    document, num_bytes = [], 0
+                    document_bytes += len(raw)
+                    if max_document_bytes and document_bytes >= max_document_bytes:
+                        yield document, num_bytes
+                        document, num_bytes, document_bytes, cut = [], 0, 0, True
+                else:
+                    cut = False
+                    if document:
+                        yield document, num_bytes
+                        document, num_bytes, document_bytes = [], 0, 0
         if document or num_bytes:
             yield document, num_bytes
+
+
+# A chunk holds at least this many documents, so that next-sentence negatives come from
+# other documents; documents are cut at chunk_bytes / MIN_DOCUMENTS_PER_CHUNK to keep a
+# chunk's size near chunk_bytes.
+MIN_DOCUMENTS_PER_CHUNK = 8
 
 
 def iter_chunks(
     documents: Iterable[tuple[list[str], int]], chunk_bytes: int
 ) -> Iterator[tuple[int, list[list[str]], int]]:
-    """Groups documents into chunks of at least `chunk_bytes` of text (the last smaller).
+    """Groups documents into chunks of at least `chunk_bytes` of text and at least
+    MIN_DOCUMENTS_PER_CHUNK documents.
 
-    Chunk boundaries depend only on the corpus and `chunk_bytes`, never on the number
-    of workers, which is what makes the output independent of --num_workers.
+    A short remainder at the end of the corpus joins the last chunk rather than forming
+    a chunk of too few documents. Chunk boundaries depend only on the corpus and
+    `chunk_bytes`, never on the number of workers, which is what makes the output
+    independent of --num_workers.
 
     Yields:
         (chunk index, documents, bytes of text).
     """
+    held: tuple[list[list[str]], int] | None = None  # a full chunk, yielded one late
     chunk: list[list[str]] = []
     size = 0
     index = 0
@@ -559,16 +589,27 @@ def iter_chunks(
         if document:
             chunk.append(document)
         size += num_bytes
-        if size >= chunk_bytes and chunk:
-            yield index, chunk, size
-            chunk, size, index = [], 0, index + 1
+        if size >= chunk_bytes and len(chunk) >= MIN_DOCUMENTS_PER_CHUNK:
+            if held is not None:
+                yield index, *held
+                index += 1
+            held, chunk, size = (chunk, size), [], 0
+    if held is not None and len(chunk) < MIN_DOCUMENTS_PER_CHUNK:
+        held, chunk, size = (held[0] + chunk, held[1] + size), [], 0
+    if held is not None:
+        yield index, *held
+        index += 1
     if chunk or size:
         yield index, chunk, size
 
 
-def chunk_rng(random_seed: int, chunk_index: int) -> random.Random:
-    """The random generator of one chunk: a function of the seed and the chunk only."""
-    return random.Random(f"bert-gpu/{random_seed}/{chunk_index}")
+def chunk_rng(random_seed: int, dupe_round: int, chunk_index: int) -> random.Random:
+    """The random generator of one chunk in one round: a function of those and the seed."""
+    return random.Random(f"bert-gpu/{random_seed}/{dupe_round}/{chunk_index}")
+
+
+# Counters that describe the corpus rather than the instances: counted in round 0 only.
+CORPUS_STATS = ("lines", "lines_without_tokens", "tokens", "documents", "empty_documents")
 
 
 class ChunkWorker:
@@ -600,19 +641,18 @@ class ChunkWorker:
         stats["documents"] += len(documents)
         return documents
 
-    def process(self, chunk_index: int, raw_documents: list[list[str]]):
-        """Returns (framed TFRecords of the chunk's shuffled instances, stats)."""
+    def process(self, dupe_round: int, chunk_index: int, raw_documents: list[list[str]]):
+        """One round of one chunk: (framed TFRecords of its shuffled instances, stats)."""
         stats: collections.Counter = collections.Counter()
         documents = self.tokenize_documents(raw_documents, stats)
-        rng = chunk_rng(self.options.random_seed, chunk_index)
+        rng = chunk_rng(self.options.random_seed, dupe_round, chunk_index)
         instances: list[TrainingInstance] = []
-        for _ in range(self.options.dupe_factor):
-            for document_index in range(len(documents)):
-                instances.extend(
-                    create_instances_from_document(
-                        documents, document_index, self.options, self.vocab, rng, stats
-                    )
+        for document_index in range(len(documents)):
+            instances.extend(
+                create_instances_from_document(
+                    documents, document_index, self.options, self.vocab, rng, stats
                 )
+            )
         rng.shuffle(instances)
         stats["instances"] += len(instances)
         stats["masked_tokens"] += sum(len(x.masked_positions) for x in instances)
@@ -628,45 +668,80 @@ def _init_worker(tokenizer_spec: TokenizerSpec, options: DataOptions) -> None:
     _WORKER = ChunkWorker(tokenizer_spec, options)
 
 
-def _process_chunk(chunk_index: int, raw_documents: list[list[str]]):
-    return _WORKER.process(chunk_index, raw_documents)
+def _process_chunk(dupe_round: int, chunk_index: int, raw_documents: list[list[str]]):
+    return _WORKER.process(dupe_round, chunk_index, raw_documents)
 
 
-def _processed_chunks(chunks, tokenizer_spec, options, num_workers):
-    """Yields (chunk size in bytes, records, stats) in chunk order.
+def _processed_chunks(tasks, tokenizer_spec, options, num_workers):
+    """Processes (round, chunk index, documents, bytes) tasks; yields results in order.
 
-    At most 2 × num_workers chunks are in flight, so memory stays bounded however
-    large the corpus is.
+    Yields:
+        (round, bytes of text, records, stats). At most 2 × num_workers chunks are in
+        flight, so memory stays bounded however large the corpus is.
     """
     if num_workers <= 1:
         worker = ChunkWorker(tokenizer_spec, options)
-        for index, documents, size in chunks:
-            yield (size, *worker.process(index, documents))
+        for dupe_round, index, documents, size in tasks:
+            yield (dupe_round, size, *worker.process(dupe_round, index, documents))
         return
-    # "spawn": workers must not inherit a parent that may have TensorFlow's threads.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(num_workers, _init_worker, (tokenizer_spec, options)) as pool:
+    # "spawn": workers must not inherit a parent that may have TensorFlow's threads. A
+    # ProcessPoolExecutor (unlike multiprocessing.Pool) notices a worker that dies, e.g.
+    # killed for lack of memory, instead of waiting for its result forever.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        num_workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(tokenizer_spec, options),
+    )
+    try:
         pending: collections.deque = collections.deque()
-        for index, documents, size in chunks:
-            pending.append((size, pool.apply_async(_process_chunk, (index, documents))))
+        for dupe_round, index, documents, size in tasks:
+            future = pool.submit(_process_chunk, dupe_round, index, documents)
+            pending.append((dupe_round, size, future))
             if len(pending) >= 2 * num_workers:
-                size, result = pending.popleft()
-                yield (size, *result.get())
+                dupe_round, size, future = pending.popleft()
+                yield (dupe_round, size, *future.result())
         while pending:
-            size, result = pending.popleft()
-            yield (size, *result.get())
+            dupe_round, size, future = pending.popleft()
+            yield (dupe_round, size, *future.result())
+    except concurrent.futures.process.BrokenProcessPool as e:
+        raise RuntimeError(
+            "a worker process died (killed by the system, perhaps for lack of memory); "
+            "try fewer --num_workers or a smaller --chunk_mb"
+        ) from e
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------
 # Output: every file is written under a temporary name and renamed when complete.
 
 
+def _temp_prefix(path: str) -> str:
+    # Dot-prefixed, so a training glob such as data/train* never matches it.
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.tmp-")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RecordFiles:
     """The output TFRecord files, filled round-robin, committed all at once."""
 
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], log=None):
         if len(set(map(os.path.abspath, paths))) != len(paths):
             raise ValueError(f"--output_file names a file twice: {','.join(paths)}")
+        for path in paths:
+            if os.path.isdir(path):
+                raise OSError(f"cannot write output file {path!r}: it is a directory")
         self.paths = list(paths)
         self.temp_paths = []
         self.files = []
@@ -674,10 +749,9 @@ class RecordFiles:
         self._next = 0
         try:
             for path in self.paths:
-                directory = os.path.dirname(os.path.abspath(path))
-                # Dot-prefixed, so a training glob such as data/train* never matches it.
-                temp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-                os.makedirs(directory, exist_ok=True)
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                self._remove_stale_temporaries(path, log)
+                temp = _temp_prefix(path) + str(os.getpid())
                 self.files.append(open(temp, "wb"))  # noqa: SIM115 (closed in commit/abort)
                 self.temp_paths.append(temp)
         except OSError as e:
@@ -687,24 +761,45 @@ class RecordFiles:
                 "directory exists or can be created and is writable"
             ) from e
 
+    @staticmethod
+    def _remove_stale_temporaries(path: str, log) -> None:
+        """Deletes temporary outputs that killed runs (SIGKILL) left behind for `path`."""
+        for leftover in glob.glob(glob.escape(_temp_prefix(path)) + "*"):
+            pid = leftover.rsplit("-", 1)[-1].removesuffix(".json")
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                os.remove(leftover)
+                if log is not None:
+                    print(f"removed {leftover}, left by a killed run", file=log)
+
     def write(self, record: bytes) -> None:
         self.files[self._next].write(record)
         self.counts[self._next] += 1
         self._next = (self._next + 1) % len(self.files)
 
     def commit(self, metadata: dict) -> None:
-        """Closes the files, moves them to their final names, writes their metadata."""
+        """Closes the files, moves them to their final names and writes their metadata.
+
+        Every metadata file is written (under a temporary name) before anything is
+        renamed, and SIGINT/SIGTERM are held off during the renames, so a run never
+        leaves a record file beside a stale or missing F.json.
+        """
         for f in self.files:
             f.close()
-        for path, temp, count in zip(self.paths, self.temp_paths, self.counts):
-            os.replace(temp, path)
-            meta = dict(metadata, num_instances=count)
-            meta_temp = temp + ".json"
-            with open(meta_temp, "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=2, sort_keys=True)
+        for temp, count in zip(self.temp_paths, self.counts):
+            with open(temp + ".json", "w", encoding="utf-8") as f:
+                json.dump(dict(metadata, num_instances=count), f, indent=2, sort_keys=True)
                 f.write("\n")
-            os.replace(meta_temp, metadata_path(path))
-        self.temp_paths = []
+        held = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            for path, temp in zip(self.paths, self.temp_paths):
+                if os.path.exists(metadata_path(path)):
+                    os.remove(metadata_path(path))  # never pair new records with old metadata
+                os.replace(temp, path)
+                os.replace(temp + ".json", metadata_path(path))
+            self.temp_paths = []
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def abort(self) -> None:
         """Closes and deletes the temporary files; nothing appears under a final name."""
@@ -768,10 +863,16 @@ def create_pretraining_data(
     if not output_files:
         raise ValueError("--output_file is empty: give one or more comma-separated paths")
     if chunk_bytes <= 0:
-        raise ValueError(f"--chunk_mb must be positive, got {chunk_bytes / (1 << 20)}")
+        raise ValueError(f"--chunk_mb must make a positive number of bytes, got {chunk_bytes}")
+    if num_workers < 1:
+        raise ValueError(
+            f"--num_workers={num_workers}: expected at least 1 (0 on the "
+            "command line means one per CPU core)"
+        )
     tokenizer = tokenizer_spec.build()
     vocab = Vocab.from_tokenizer(tokenizer)  # raises if special tokens are missing
     total_bytes = sum(os.path.getsize(p) for p in paths)
+    total_work = max(total_bytes * options.dupe_factor, 1)
 
     def say(message: str) -> None:
         if log is not None:
@@ -783,27 +884,43 @@ def create_pretraining_data(
         f"max_seq_length={options.max_seq_length} dupe_factor={options.dupe_factor}"
     )
     stats: collections.Counter = collections.Counter()
-    outputs = RecordFiles(output_files)
+    outputs = RecordFiles(output_files, log)
+
+    def tasks():
+        # Each dupe round is a full pass over the corpus (read again, so memory stays
+        # bounded), as in the original, where the copies of a sentence are spread over
+        # the whole output rather than clustered around their first appearance.
+        for dupe_round in range(options.dupe_factor):
+            round_stats = stats if dupe_round == 0 else collections.Counter()
+            documents = read_documents(
+                paths, round_stats, max(chunk_bytes // MIN_DOCUMENTS_PER_CHUNK, 1)
+            )
+            for index, chunk, size in iter_chunks(documents, chunk_bytes):
+                yield dupe_round, index, chunk, size
+
     try:
-        chunks = iter_chunks(read_documents(paths, stats), chunk_bytes)
         done_bytes = 0
         last_report = time.time()
-        for size, records, chunk_stats in _processed_chunks(
-            chunks, tokenizer_spec, options, num_workers
+        for dupe_round, size, records, chunk_stats in _processed_chunks(
+            tasks(), tokenizer_spec, options, num_workers
         ):
             for record in records:
                 outputs.write(record)
+            if dupe_round > 0:
+                for key in CORPUS_STATS:
+                    chunk_stats.pop(key, None)
             stats.update(chunk_stats)
             done_bytes += size
             now = time.time()
             if now - last_report >= progress_seconds:
                 last_report = now
                 rate = done_bytes / max(now - start, 1e-9)
-                eta = (total_bytes - done_bytes) / max(rate, 1e-9)
+                eta = (total_work - done_bytes) / max(rate, 1e-9)
                 say(
-                    f"  {stats['documents']:,} documents, {stats['instances']:,} instances, "
-                    f"{done_bytes / 1e6:.1f}/{total_bytes / 1e6:.1f} MB "
-                    f"({rate / 1e6:.2f} MB/s), ETA {_format_seconds(eta)}"
+                    f"  round {dupe_round + 1}/{options.dupe_factor}: "
+                    f"{stats['instances']:,} instances, {done_bytes / 1e6:.1f}/"
+                    f"{total_work / 1e6:.1f} MB ({rate / 1e6:.2f} MB/s), "
+                    f"ETA {_format_seconds(eta)}"
                 )
         if stats["instances"] == 0:
             raise ValueError(
@@ -853,8 +970,18 @@ def create_pretraining_data(
     say(
         f"  skipped or repaired: {stats['invalid_utf8_lines']:,} lines with invalid UTF-8 "
         f"(bytes replaced), {stats['lines_without_tokens']:,} lines without tokens, "
-        f"{stats['empty_documents']:,} documents without tokens"
+        f"{stats['empty_documents']:,} documents without tokens, "
+        f"{stats['documents_split']:,} long documents split"
     )
+    if stats["random_next_same_document"]:
+        say(
+            f"  warning: {stats['random_next_same_document']:,} next-sentence negatives came "
+            "from their own document (a chunk with a single document: the corpus has too "
+            "few documents, or no blank lines between them)"
+        )
+    empty = [path for path, count in zip(output_files, outputs.counts) if count == 0]
+    if empty:
+        say(f"  warning: no instances for {', '.join(empty)} (more output files than instances)")
     return summary
 
 
@@ -907,6 +1034,9 @@ def main(argv: Sequence[str]) -> int:
     if missing:
         print(f"error: missing required flag(s): --{', --'.join(missing)}", file=sys.stderr)
         return 2
+    if FLAGS.vocab_file and FLAGS.spm_model_file:
+        print("error: give --vocab_file or --spm_model_file, not both", file=sys.stderr)
+        return 2
     try:
         options = DataOptions(
             max_seq_length=FLAGS.max_seq_length,
@@ -918,11 +1048,13 @@ def main(argv: Sequence[str]) -> int:
             random_seed=FLAGS.random_seed,
         )
         tokenizer_spec = TokenizerSpec(
-            vocab_file=None if FLAGS.spm_model_file else FLAGS.vocab_file,
+            vocab_file=FLAGS.vocab_file,
             spm_model_file=FLAGS.spm_model_file,
             do_lower_case=FLAGS.do_lower_case,
         )
-        num_workers = FLAGS.num_workers or len(os.sched_getaffinity(0))
+        num_workers = FLAGS.num_workers
+        if num_workers == 0:
+            num_workers = len(os.sched_getaffinity(0))
         create_pretraining_data(
             FLAGS.input_file,
             FLAGS.output_file,
@@ -931,7 +1063,7 @@ def main(argv: Sequence[str]) -> int:
             num_workers=num_workers,
             chunk_bytes=int(FLAGS.chunk_mb * (1 << 20)),
         )
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -527,14 +527,17 @@ class SentencePieceTokenizer:
     def continuation_mask(self) -> list[bool]:
         """[vocab_size] bools: True for pieces that continue a word.
 
-        A piece continues a word when it does not start with "▁" and is not a
-        special, control, unknown or unused piece.
+        A piece continues a word when it does not start with "▁" and is neither a
+        special, control, unknown or unused piece nor punctuation: as in ALBERT's
+        whole-word masking, a punctuation piece glued to a word ("word" + ",") starts a
+        word of its own.
         """
         sp = self._sp
         special = set(self._special_ids.values())
         return [
             not (
                 piece.startswith(SENTENCEPIECE_WORD_START)
+                or all(map(_is_punctuation, piece))
                 or i in special
                 or sp.is_control(i)
                 or sp.is_unknown(i)

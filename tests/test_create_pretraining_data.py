@@ -265,8 +265,9 @@ def test_records_nsp_labels_and_consecutive_text(tmp_path, vocab_file):
             # Nothing between A and B but what truncation removed from A's end/B's start.
         else:
             assert where[b[0]] != where[a[0]]
-    balance = labels[1] / sum(labels.values())
-    assert 0.42 < balance < 0.62, labels
+    # Single-sentence pairs are always random, so long sentences push the share of
+    # label 1 above one half here; the balance itself is tested with short sentences.
+    assert 0.45 < labels[1] / sum(labels.values()) < 0.75, labels
 
 
 def test_label_zero_pairs_are_adjacent_without_truncation(tmp_path, vocab_file):
@@ -275,10 +276,14 @@ def test_label_zero_pairs_are_adjacent_without_truncation(tmp_path, vocab_file):
     documents = sequential_corpus(num_docs=20, sentences=(4, 8), words=(2, 4), seed=5)
     corpus = write_corpus(tmp_path / "c.txt", documents)
     out = str(tmp_path / "o.tfrecord")
-    options = cpd.DataOptions(max_seq_length=200, max_predictions_per_seq=10, dupe_factor=5)
+    options = cpd.DataOptions(max_seq_length=200, max_predictions_per_seq=10, dupe_factor=40)
     cpd.create_pretraining_data(corpus, out, cpd.TokenizerSpec(vocab_file), options, log=None)
     checked = 0
-    for r in read_records(out, 200, 10):
+    records = read_records(out, 200, 10)
+    # Nearly every pair spans several sentences, where B is random with probability 1/2.
+    share = np.mean([r["next_sentence_labels"][0] for r in records])
+    assert len(records) > 1000 and 0.45 < share < 0.58, share
+    for r in records:
         ids = _restore(r)
         n = int(r["input_mask"].sum())
         sep = ids.index(3)
@@ -349,10 +354,13 @@ def test_identical_records_for_any_number_of_workers(tmp_path, vocab_file):
         paths = [str(tmp_path / f"w{workers}_{i}.tfrecord") for i in range(2)]
         summary = cpd.create_pretraining_data(
             corpus, paths, cpd.TokenizerSpec(vocab_file), options,
-            num_workers=workers, chunk_bytes=300, log=None,
+            num_workers=workers, chunk_bytes=3000, log=None,
         )  # fmt: skip
         outputs.append([open(p, "rb").read() for p in paths])
-        assert summary["stats"]["documents"] == 40
+        # Documents longer than chunk_bytes / MIN_DOCUMENTS_PER_CHUNK are cut in parts.
+        stats = summary["stats"]
+        assert stats["documents_split"] > 0
+        assert stats["documents"] == 40 + stats["documents_split"]
     assert outputs[0] == outputs[1]
     assert all(len(x) > 1000 for x in outputs[0])
     # Another seed gives other records.
@@ -477,11 +485,11 @@ def test_failure_midway_leaves_no_output(tmp_path, vocab_file, monkeypatch):
     out = tmp_path / "o.tfrecord"
     calls = []
 
-    def exploding(self, index, docs):
+    def exploding(self, dupe_round, index, docs):
         calls.append(index)
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
-        return original(self, index, docs)
+        return original(self, dupe_round, index, docs)
 
     original = cpd.ChunkWorker.process
     monkeypatch.setattr(cpd.ChunkWorker, "process", exploding)
@@ -565,3 +573,103 @@ def test_sentencepiece_model_and_whole_word_masking(tmp_path):
                 assert p - 1 in masked
                 checked += 1
     assert checked > 50
+
+
+def test_each_dupe_round_is_a_pass_over_the_corpus(tmp_path, vocab_file):
+    # Round r of every chunk is written after round r-1 of all chunks, so the copies of a
+    # sentence lie a corpus apart, and round 0 is exactly the dupe_factor=1 output.
+    corpus = write_corpus(tmp_path / "c.txt", sequential_corpus(num_docs=40, seed=3))
+    spec = cpd.TokenizerSpec(vocab_file)
+    outputs = {}
+    for dupe in (1, 3):
+        out = str(tmp_path / f"d{dupe}.tfrecord")
+        options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=dupe)
+        cpd.create_pretraining_data(corpus, out, spec, options, chunk_bytes=2000, log=None)
+        outputs[dupe] = open(out, "rb").read()
+    assert len(outputs[3]) > 2.5 * len(outputs[1])
+    assert outputs[3].startswith(outputs[1])
+
+
+def test_corpus_without_blank_lines_is_cut_into_documents(tmp_path, vocab_file, capsys):
+    # One huge "document": cut into parts, so memory stays bounded and next-sentence
+    # negatives come from other parts rather than from the same text.
+    lines = [" ".join(word(i * 5 + j) for j in range(5)) for i in range(600)]
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    out = str(tmp_path / "o.tfrecord")
+    options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=1)
+    summary = cpd.create_pretraining_data(
+        str(corpus), out, cpd.TokenizerSpec(vocab_file), options, chunk_bytes=8000, log=None
+    )
+    stats = summary["stats"]
+    assert stats["documents"] > 8 and stats["documents_split"] == stats["documents"] - 1
+    assert stats.get("random_next_same_document", 0) == 0
+    # A corpus of a single short document has no other document to draw from: counted
+    # and reported.
+    small = write_corpus(tmp_path / "small.txt", [lines[:20]])
+    summary = cpd.create_pretraining_data(
+        small, out, cpd.TokenizerSpec(vocab_file), options, log=sys.stderr
+    )
+    assert summary["stats"]["random_next_same_document"] > 0
+    assert "came from their own document" in capsys.readouterr().err
+
+
+def test_stale_temporary_files_and_metadata_are_replaced(tmp_path, vocab_file):
+    corpus = write_corpus(tmp_path / "c.txt", sequential_corpus(num_docs=10))
+    out = tmp_path / "o.tfrecord"
+    stale = tmp_path / ".o.tfrecord.tmp-999999999"  # no such process
+    stale.write_bytes(b"x" * 1000)
+    (tmp_path / "o.tfrecord.json").write_text('{"max_seq_length": 999}')
+    options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=1)
+    cpd.create_pretraining_data(corpus, str(out), cpd.TokenizerSpec(vocab_file), options, log=None)
+    assert not stale.exists()
+    assert json.loads((tmp_path / "o.tfrecord.json").read_text())["max_seq_length"] == 32
+
+
+def test_output_path_that_is_a_directory_fails_before_any_work(tmp_path, vocab_file):
+    corpus = write_corpus(tmp_path / "c.txt", sequential_corpus(num_docs=5))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError, match="is a directory"):
+        cpd.create_pretraining_data(
+            corpus, str(tmp_path / "out"), cpd.TokenizerSpec(vocab_file), cpd.DataOptions(),
+            log=None,
+        )  # fmt: skip
+
+
+def test_a_worker_killed_by_the_system_stops_the_run_with_an_error(tmp_path, vocab_file):
+    corpus = write_corpus(tmp_path / "c.txt", sequential_corpus(num_docs=30) * 300)
+    out = tmp_path / "out" / "o.tfrecord"
+    command = [
+        sys.executable, os.path.join(ROOT, "create_pretraining_data.py"),
+        f"--input_file={corpus}", f"--output_file={out}", f"--vocab_file={vocab_file}",
+        "--max_seq_length=32", "--max_predictions_per_seq=5", "--dupe_factor=50",
+        "--num_workers=2", "--chunk_mb=0.05",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    workers = []
+    deadline = time.time() + 60
+    while time.time() < deadline and len(workers) < 2:
+        time.sleep(0.1)
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
+            workers = [int(pid) for pid in f.read().split()]
+    time.sleep(1.0)
+    # The spawn start method also runs a resource tracker child; kill a real worker.
+    for pid in workers:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"resource_tracker" not in f.read():
+                os.kill(pid, signal.SIGKILL)
+                break
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    assert "a worker process died" in err and "Traceback" not in err
+    assert os.listdir(out.parent) == []
+
+
+def test_vocab_and_sentencepiece_flags_exclude_each_other(tmp_path, vocab_file):
+    command = [
+        sys.executable, os.path.join(ROOT, "create_pretraining_data.py"),
+        f"--input_file={vocab_file}", f"--output_file={tmp_path}/o.tfrecord",
+        f"--vocab_file={vocab_file}", f"--spm_model_file={vocab_file}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "not both" in result.stderr

@@ -555,6 +555,7 @@ SPM_SENTENCES = [
     "he wrote the weather in a leather logbook",
     "gulls nested on the rocks below the tower",
     "café crème brûlée naïve",
+    "rain, fog. gulls!",
 ] * 20
 
 
@@ -642,8 +643,11 @@ def test_sentencepiece_continuation_mask(spm_models):
         if i < 7:  # <pad> <unk> <s> </s> [CLS] [SEP] [MASK]
             assert not flag, piece
         else:
-            assert flag == (not piece.startswith("▁")), piece
+            # Punctuation glued to a word starts a word of its own (ALBERT's rule).
+            punctuation = all(c in ".,;:!?'\"()-" for c in piece)
+            assert flag == (not piece.startswith("▁") and not punctuation), piece
     assert any(mask) and not all(mask[7:])
+    assert "." in tokenizer.vocab and not mask[tokenizer.vocab["."]]
 
 
 def test_sentencepiece_pickles(spm_models):
