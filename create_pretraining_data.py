@@ -918,6 +918,7 @@ def create_pretraining_data(
                 eta = (total_work - done_bytes) / max(rate, 1e-9)
                 say(
                     f"  round {dupe_round + 1}/{options.dupe_factor}: "
+                    f"{stats['documents']:,} documents, "
                     f"{stats['instances']:,} instances, {done_bytes / 1e6:.1f}/"
                     f"{total_work / 1e6:.1f} MB ({rate / 1e6:.2f} MB/s), "
                     f"ETA {_format_seconds(eta)}"
