@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
+from typing import TextIO
 
 import tensorflow as tf
 
@@ -24,6 +25,10 @@ EXAMPLE_WEIGHT = "example_weight"
 
 class DataMismatchError(ValueError):
     """The data does not fit the model or the flags."""
+
+
+class EmptyDataError(ValueError):
+    """Every input file is empty: there is nothing to train or evaluate on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +82,14 @@ def parsing_spec(max_seq_length: int, max_predictions_per_seq: int) -> dict:
     }
 
 
-def _first_record_lengths(path: str) -> dict[str, int]:
-    """Feature lengths and the largest token id of a file's first record."""
+def _first_record_lengths(path: str) -> dict[str, int] | None:
+    """Feature lengths and the largest token id of a file's first record; None if empty."""
     try:
         records = list(tf.data.TFRecordDataset(path).take(1).as_numpy_iterator())
     except tf.errors.OpError as e:
         raise DataMismatchError(f"{path}: not a readable TFRecord file ({e.message})") from e
     if not records:
-        raise DataMismatchError(f"{path}: the file holds no records")
+        return None
     example = tf.train.Example.FromString(records[0])
     feature = example.features.feature
     lengths = {}
@@ -102,17 +107,34 @@ def _first_record_lengths(path: str) -> dict[str, int]:
 
 
 def check_data_files(
-    files: Sequence[str], max_seq_length: int, max_predictions_per_seq: int, vocab_size: int
+    files: Sequence[str],
+    max_seq_length: int,
+    max_predictions_per_seq: int,
+    vocab_size: int,
+    flag: str = "--input_file",
+    log: TextIO | None = None,
 ) -> list[DataFile]:
     """Checks that every file fits the model and the flags, before any training.
 
     Files with our metadata (F.json) are checked from it; files without (e.g. made by
-    the original release) from the shapes and ids of their first record.
+    the original release) from the shapes and ids of their first record. Empty files
+    (metadata num_instances 0, or no record at all) are left out, named on `log`.
+
+    Args:
+        files: TFRecord paths, e.g. from `expand_record_files`.
+        max_seq_length, max_predictions_per_seq: The flags the data must match.
+        vocab_size: The model's; every token id must be below it.
+        flag: The flag that named the files, for messages.
+        log: Where the skipped empty files are reported (None: silent).
+
+    Returns:
+        The non-empty files, in the given order.
 
     Raises:
         DataMismatchError: naming the file, the setting and both values.
+        EmptyDataError: if every file is empty (an endless input would wait forever).
     """
-    checked = []
+    checked, empty = [], []
     for path in files:
         meta_path = metadata_path(path)
         if tf.io.gfile.exists(meta_path):
@@ -129,9 +151,15 @@ def check_data_files(
                 "vocab_size": meta.get("vocab_size"),
             }
             num_instances = meta.get("num_instances")
+            if num_instances == 0:  # whatever its settings, it adds nothing
+                empty.append(path)
+                continue
         else:
             meta, num_instances = None, None
             lengths = _first_record_lengths(path)
+            if lengths is None:
+                empty.append(path)
+                continue
             found = {
                 "max_seq_length": lengths["input_ids"],
                 "max_predictions_per_seq": lengths["masked_lm_positions"],
@@ -155,6 +183,17 @@ def check_data_files(
                     f"again with matching settings or change {where.split()[0]} to {value}"
                 )
         checked.append(DataFile(path, num_instances, meta))
+    if not checked:
+        raise EmptyDataError(
+            f"{flag}: no instances to read: every file holds no records "
+            f"({', '.join(empty)}); make the data again or check the path"
+        )
+    if empty and log is not None:
+        print(
+            f"{flag}: skipping {len(empty)} empty file(s) (no records): {', '.join(empty)}",
+            file=log,
+            flush=True,
+        )
     return checked
 
 

@@ -13,7 +13,9 @@ with batch N·B.
 
 Running the same command again resumes from the newest checkpoint in --output_dir:
 weights, optimizer slots, step (hence learning rate), the input position, and the
-dropout randomness (a pure function of --seed, the step and the replica).
+dropout randomness (a pure function of --seed, the step and the replica). Ctrl-C or
+SIGTERM writes a checkpoint after the current step and exits with 130 / 143 (128 + the
+signal), skipping the eval.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import functools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -93,14 +96,6 @@ class TrainConfig:
             problems.append("nothing to do: pass --do_train and/or --do_eval")
         if problems:
             raise ValueError("invalid flags:\n  " + "\n  ".join(problems))
-
-
-# Settings that must not change when a run is resumed from its checkpoints: the data
-# position and the learning-rate schedule would silently stop meaning what they did.
-RESUME_KEYS = (
-    "input_file", "max_seq_length", "max_predictions_per_seq", "batch_size", "seed",
-    "learning_rate", "num_warmup_steps",
-)  # fmt: skip
 
 
 def _log(message: str) -> None:
@@ -350,6 +345,105 @@ def summarize(totals: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------
+# Files of the output directory (local or gs://: everything goes through tf.io.gfile)
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _absolute(path: str) -> str:
+    return path if _is_url(path) else os.path.abspath(path)
+
+
+def _same_file(a: str, b: str) -> bool:
+    if _is_url(a) or _is_url(b):
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes under a hidden temporary name, then renames: never a half-written file."""
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+    with tf.io.gfile.GFile(temporary, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def _copy_file(source: str, destination: str) -> None:
+    """Copies `source` to `destination`; nothing to do when they are the same file."""
+    # tf.io.gfile.copy(a, a, overwrite=True) truncates `a` to 0 bytes.
+    if _same_file(source, destination):
+        return
+    with tf.io.gfile.GFile(source) as f:
+        _write_atomically(destination, f.read())
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def resolve_checkpoint(path: str, flag: str = "--init_checkpoint") -> str:
+    """The checkpoint prefix `path` names: itself, or the newest one in a directory.
+
+    Raises:
+        ValueError: naming the flag and the path, if there is no checkpoint there.
+    """
+    expected = (
+        "expected a checkpoint prefix such as out/model.ckpt-1000 (the files "
+        "model.ckpt-1000.index and model.ckpt-1000.data-*), or a directory holding "
+        "checkpoints and their 'checkpoint' file (the newest is used)"
+    )
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"{flag}={path}: the directory holds no checkpoint; {expected}")
+        return latest
+    if path.endswith(".index") and tf.io.gfile.exists(path):
+        return path[: -len(".index")]
+    if not tf.io.gfile.exists(path + ".index"):
+        raise ValueError(f"{flag}={path}: no checkpoint there (no {path}.index); {expected}")
+    return path
+
+
+def _short_error(error: BaseException) -> str:
+    """One readable line of an error; TensorFlow's can hold whole weight matrices."""
+    if isinstance(error, tf.errors.OpError):
+        return error.message
+    text = str(error)
+    if not isinstance(error, AssertionError):
+        return text
+    # "Found 16 Python objects that were not bound to checkpointed values, ...
+    # Showing 10 of 16 unmatched objects: [<Variable path=..., value=[[...]]>, ...]"
+    head = text.split("\n", 1)[0].split(" Showing ", 1)[0].split(": [", 1)[0][:300].rstrip(".")
+    names = re.findall(r"path=([^\s,>]+)", text)
+    return head + (f" (e.g. {', '.join(names[:3])})" if names else "")
+
+
+def _restore(checkpoint: tf.train.Checkpoint, path: str, what: str, partial: bool, hint: str):
+    """Restores `checkpoint` from `path`; a mismatch is a ValueError saying what and why.
+
+    Args:
+        partial: Only the objects of `checkpoint` must be found in `path` (e.g. the
+            weights of a full training checkpoint); else everything must match both ways.
+    """
+    try:
+        status = checkpoint.restore(path)
+    except tf.errors.OpError as e:  # e.g. a truncated or overwritten .index file
+        raise ValueError(f"{what} {path} cannot be read: {_short_error(e)}") from e
+    except ValueError as e:  # a variable of another shape
+        raise ValueError(f"{what} {path} does not fit this model: {e}; {hint}") from e
+    try:
+        if partial:
+            status.expect_partial().assert_existing_objects_matched()
+        else:
+            status.assert_consumed()
+    except AssertionError as e:  # variables missing on one side
+        raise ValueError(f"{what} {path} does not fit this model: {_short_error(e)}; {hint}") from e
+
+
+# ----------------------------------------------------------------------------------------
 # The run
 
 
@@ -386,27 +480,66 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _check_resume(config: TrainConfig, saved_path: str) -> None:
-    with open(saved_path, encoding="utf-8") as f:
+# Settings that must not change when a run is resumed from its checkpoints: the data
+# position and the learning-rate schedule would silently stop meaning what they did.
+# The input yields GLOBAL batches, so the replica count may change if the global batch
+# does not.
+RESUME_KEYS = (
+    "train_files", "max_seq_length", "max_predictions_per_seq", "global_batch_size", "seed",
+    "learning_rate", "num_warmup_steps", "num_train_steps",
+)  # fmt: skip
+# What train_config.json files written before a key existed hold instead.
+_RESUME_FALLBACKS = {"train_files": "input_file", "global_batch_size": "batch_size"}
+
+
+def _describe_change(key: str, saved: dict, now: dict) -> str:
+    old, new = saved[key], now[key]
+    if key == "global_batch_size":
+        return (
+            f"global batch (--batch_size × replicas): {old} ({saved.get('batch_size')} × "
+            f"{saved.get('num_replicas')}) then, {new} ({now['batch_size']} × "
+            f"{now['num_replicas']}) now"
+        )
+    if key == "train_files":
+        added = [f for f in new if f not in old]
+        removed = [f for f in old if f not in new]
+        parts = [f"{len(old)} file(s) then, {len(new)} now"]
+        for label, files in (("added", added), ("removed", removed)):
+            if files:
+                more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+                parts.append(f"{label}: {', '.join(files[:3])}{more}")
+        return "training files (--input_file): " + "; ".join(parts)
+    return f"--{key}: {old!r} then, {new!r} now"
+
+
+def _check_resume(config: TrainConfig, run_facts: dict, saved_path: str) -> None:
+    """Refuses to resume a run whose checkpoints were made with other settings."""
+    with tf.io.gfile.GFile(saved_path) as f:
         saved = json.load(f)
-    changed = [
-        f"--{key}: {saved.get(key)!r} then, {getattr(config, key)!r} now"
-        for key in RESUME_KEYS
-        if key in saved and saved[key] != getattr(config, key)
-    ]
+    now = dict(dataclasses.asdict(config), **run_facts)
+    changed = []
+    for key in RESUME_KEYS:
+        if key not in saved:
+            key = _RESUME_FALLBACKS.get(key, key)
+        if key in saved and saved[key] != now[key]:
+            changed.append(_describe_change(key, saved, now))
     if changed:
         raise ValueError(
-            f"{config.output_dir} holds checkpoints of a run with other settings "
-            f"({'; '.join(changed)}); resuming would not continue that run. Use the same "
-            "flags, or a new --output_dir (with --init_checkpoint to start from its weights)"
+            f"{config.output_dir} holds checkpoints of a run with other settings:\n  "
+            + "\n  ".join(changed)
+            + "\nresuming would not continue that run. Use the same flags, or a new "
+            f"--output_dir with --init_checkpoint={config.output_dir} to start from its weights"
         )
 
 
-def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | None = None):
+def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains (if config.do_train) and evaluates (if config.do_eval).
 
     Returns:
-        dict with "train" (the last logged training metrics) and/or "eval" results.
+        dict with "train" (the last logged training metrics; empty if the checkpoint
+        was already at --num_train_steps), "eval" (the eval results) and, if SIGINT or
+        SIGTERM stopped training, "stopped_by_signal" (the signal number; eval is then
+        skipped, its numbers would be those of a half-trained model).
     """
     bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
     if config.max_seq_length > bert_config.max_position_embeddings:
@@ -421,21 +554,43 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
     def checked(patterns: str, flag: str) -> list[input_pipeline.DataFile]:
         files = input_pipeline.expand_record_files(patterns, flag)
         return input_pipeline.check_data_files(
-            files, config.max_seq_length, config.max_predictions_per_seq, bert_config.vocab_size
+            files,
+            config.max_seq_length,
+            config.max_predictions_per_seq,
+            bert_config.vocab_size,
+            flag=flag,
+            log=sys.stderr,
         )
 
     train_files = checked(config.input_file, "--input_file") if config.do_train else []
-    eval_files = (
-        checked(config.eval_input_file or config.input_file, "--eval_input_file")
-        if config.do_eval
-        else []
-    )
-    tf.io.gfile.makedirs(config.output_dir)
-    saved_config = os.path.join(config.output_dir, "train_config.json")
-    latest = tf.train.latest_checkpoint(config.output_dir)
-    if latest and config.do_train and os.path.exists(saved_config):
-        _check_resume(config, saved_config)
+    if not config.do_eval:
+        eval_files = []
+    elif config.eval_input_file:
+        eval_files = checked(config.eval_input_file, "--eval_input_file")
+    else:  # the training files, named by --input_file
+        eval_files = train_files or checked(config.input_file, "--input_file")
 
+    latest = tf.train.latest_checkpoint(config.output_dir)
+    init_checkpoint = None
+    if config.init_checkpoint and latest:
+        _log(f"--init_checkpoint ignored: {config.output_dir} holds checkpoints to resume from")
+    elif config.init_checkpoint:
+        init_checkpoint = resolve_checkpoint(config.init_checkpoint)
+    if config.do_eval and not config.do_train and not (latest or init_checkpoint):
+        raise ValueError(
+            f"--do_eval without --do_train needs a checkpoint: none in {config.output_dir} "
+            "and no --init_checkpoint"
+        )
+    run_facts = {
+        "num_replicas": num_replicas,
+        "global_batch_size": global_batch_size,
+        "train_files": [_absolute(f.path) for f in train_files],
+    }
+    saved_config = os.path.join(config.output_dir, "train_config.json")
+    if latest and config.do_train and tf.io.gfile.exists(saved_config):
+        _check_resume(config, run_facts, saved_config)
+
+    tf.io.gfile.makedirs(config.output_dir)
     trainer = Trainer(strategy, bert_config, config)
     devices = ", ".join(strategy.extended.worker_devices)
     _log(f"TensorFlow {tf.__version__}; {num_replicas} replica(s) on {devices}")
@@ -458,74 +613,114 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
 
     results = {}
     if config.do_train:
-        dataset = input_pipeline.train_dataset(
-            [f.path for f in train_files],
-            global_batch_size,
-            config.max_seq_length,
-            config.max_predictions_per_seq,
-            seed=config.seed,
+        logged, stopped_by = _train(
+            trainer, config, train_files, init_checkpoint, run_facts, saved_config
         )
-        iterator = iter(dataset)
-        checkpoint = tf.train.Checkpoint(
-            model=trainer.model, optimizer=trainer.optimizer, step=trainer.step, data=iterator
+        results["train"] = logged
+        if stopped_by is not None:
+            results["stopped_by_signal"] = stopped_by
+    else:
+        source = latest or init_checkpoint
+        _restore(
+            tf.train.Checkpoint(model=trainer.model, step=trainer.step),
+            source,
+            "the checkpoint",
+            partial=True,
+            hint=f"was it made with another config than {config.bert_config_file}?",
         )
-        manager = tf.train.CheckpointManager(
-            checkpoint,
-            config.output_dir,
-            max_to_keep=config.keep_checkpoint_max,
-            checkpoint_name="model.ckpt",
-            step_counter=trainer.step,
-        )
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_consumed()
-            _log(f"resumed from {manager.latest_checkpoint} at step {int(trainer.step.numpy())}")
-        elif config.init_checkpoint:
-            tf.train.Checkpoint(model=trainer.model).restore(
-                config.init_checkpoint
-            ).expect_partial().assert_existing_objects_matched()
-            _log(f"initialized the weights from {config.init_checkpoint}")
-        with open(saved_config, "w", encoding="utf-8") as f:
-            json.dump(dataclasses.asdict(config), f, indent=2, sort_keys=True)
-        tf.io.gfile.copy(
-            config.bert_config_file, os.path.join(config.output_dir, "bert_config.json"), True
-        )
-        results["train"] = _train_loop(trainer, iterator, manager, config, global_batch_size)
-    elif config.do_eval:
-        source = tf.train.latest_checkpoint(config.output_dir) or config.init_checkpoint
-        if not source:
-            raise ValueError(
-                f"--do_eval without --do_train needs a checkpoint: none in {config.output_dir} "
-                "and no --init_checkpoint"
-            )
-        tf.train.Checkpoint(model=trainer.model, step=trainer.step).restore(
-            source
-        ).expect_partial().assert_existing_objects_matched()
         _log(f"evaluating {source}")
 
-    if config.do_eval:
-        eval_results = trainer.evaluate([f.path for f in eval_files], config.max_eval_steps)
-        results["eval"] = eval_results
-        path = os.path.join(config.output_dir, "eval_results.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            for key in sorted(eval_results):
-                f.write(f"{key} = {eval_results[key]}\n")
-        writer = tf.summary.create_file_writer(os.path.join(config.output_dir, "eval"))
-        with writer.as_default(step=eval_results["global_step"]):
-            for key in ("loss", "masked_lm_loss", "masked_lm_accuracy"):
-                tf.summary.scalar(key, eval_results[key])
-            for key in ("next_sentence_loss", "next_sentence_accuracy"):
-                tf.summary.scalar(key, eval_results[key])
-        writer.close()
-        _log("eval results (" + path + "):")
-        for key in sorted(eval_results):
-            _log(f"  {key} = {eval_results[key]}")
+    if config.do_eval and "stopped_by_signal" in results:
+        _log("eval skipped: training was stopped (the same command resumes it, then evaluates)")
+    elif config.do_eval:
+        results["eval"] = _evaluate(trainer, config, eval_files)
     return results
 
 
-def _train_loop(trainer: Trainer, iterator, manager, config: TrainConfig, global_batch_size):
-    """The plain loop: step → (log) → (checkpoint), until num_train_steps or a signal."""
+def _train(trainer: Trainer, config: TrainConfig, files, init_checkpoint, run_facts, saved_config):
+    """Restores or initializes, then trains. Returns (last logged metrics, signal or None)."""
+    dataset = input_pipeline.train_dataset(
+        [f.path for f in files],
+        run_facts["global_batch_size"],
+        config.max_seq_length,
+        config.max_predictions_per_seq,
+        seed=config.seed,
+    )
+    iterator = iter(dataset)
+    checkpoint = tf.train.Checkpoint(
+        model=trainer.model, optimizer=trainer.optimizer, step=trainer.step, data=iterator
+    )
+    manager = tf.train.CheckpointManager(
+        checkpoint,
+        config.output_dir,
+        max_to_keep=config.keep_checkpoint_max,
+        checkpoint_name="model.ckpt",
+        step_counter=trainer.step,
+    )
+    run_config = os.path.join(config.output_dir, "bert_config.json")
+    if manager.latest_checkpoint:
+        _restore(
+            checkpoint,
+            manager.latest_checkpoint,
+            "the checkpoint",
+            partial=False,
+            hint=f"resume with --bert_config_file={run_config}, the config it was made with",
+        )
+        _log(f"resumed from {manager.latest_checkpoint} at step {int(trainer.step.numpy())}")
+    elif init_checkpoint:
+        _restore(
+            tf.train.Checkpoint(model=trainer.model),
+            init_checkpoint,
+            "--init_checkpoint",
+            partial=True,
+            hint=f"was it made with another config than {config.bert_config_file}?",
+        )
+        _log(f"initialized the weights from {init_checkpoint}")
+    step, total = int(trainer.step.numpy()), config.num_train_steps
+    if step > total:
+        _log(
+            f"the checkpoint is at step {step}, past --num_train_steps={total}: nothing to "
+            "train (a larger --num_train_steps would change the learning-rate schedule)"
+        )
+        return {}, None
+    if step == total:
+        _log(f"already at step {step} of {total}: nothing to train")
+        return {}, None
+    facts = dict(dataclasses.asdict(config), **run_facts)
+    _write_atomically(saved_config, json.dumps(facts, indent=2, sort_keys=True) + "\n")
+    _copy_file(config.bert_config_file, run_config)
+    return _train_loop(trainer, iterator, manager, config, run_facts["global_batch_size"])
+
+
+def _evaluate(trainer: Trainer, config: TrainConfig, files) -> dict:
+    """Evaluates; writes eval_results.txt and the eval summaries."""
+    eval_results = trainer.evaluate([f.path for f in files], config.max_eval_steps)
+    path = os.path.join(config.output_dir, "eval_results.txt")
+    text = "".join(f"{key} = {eval_results[key]}\n" for key in sorted(eval_results))
+    _write_atomically(path, text)
+    writer = tf.summary.create_file_writer(os.path.join(config.output_dir, "eval"))
+    with writer.as_default(step=eval_results["global_step"]):
+        for key in ("loss", "masked_lm_loss", "masked_lm_accuracy"):
+            tf.summary.scalar(key, eval_results[key])
+        for key in ("next_sentence_loss", "next_sentence_accuracy"):
+            tf.summary.scalar(key, eval_results[key])
+    writer.close()
+    _log("eval results (" + path + "):")
+    for key in sorted(eval_results):
+        _log(f"  {key} = {eval_results[key]}")
+    return eval_results
+
+
+def _train_loop(
+    trainer: Trainer, iterator, manager, config: TrainConfig, global_batch_size: int
+) -> tuple[dict, int | None]:
+    """The plain loop: step → (log) → (checkpoint), until num_train_steps or a signal.
+
+    Returns:
+        (the last logged metrics, the number of the signal that stopped training or None).
+    """
     writer = tf.summary.create_file_writer(config.output_dir)
-    step = int(trainer.step.numpy())
+    step = first = int(trainer.step.numpy())
     total = config.num_train_steps
     _log(f"training steps {step} → {total}; checkpoints every {config.save_checkpoints_steps}")
     pending: list[dict] = []
@@ -535,9 +730,18 @@ def _train_loop(trainer: Trainer, iterator, manager, config: TrainConfig, global
         while step < total and stop.signal is None:
             pending.append(trainer.train_step(iterator))
             step += 1
+            if step == first + 1:
+                # The first call traces and compiles the step: seconds to minutes that
+                # would make the first rate and ETA meaningless. Time it on its own.
+                float(pending[-1]["grad_norm"])  # waits for the step to finish
+                now = time.time()
+                _log(f"first step took {now - last_time:.1f} s (tracing and compiling included)")
+                last_time, last_step = now, step
             if step % config.log_every_n_steps == 0 or step == total or stop.signal:
                 now = time.time()
-                steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
+                steps_per_sec = (
+                    (step - last_step) / max(now - last_time, 1e-9) if step > last_step else None
+                )
                 last_logged = _log_metrics(pending, step, total, steps_per_sec, global_batch_size)
                 pending, last_time, last_step = [], now, step
             if step % config.save_checkpoints_steps == 0 or step == total or stop.signal:
@@ -546,11 +750,14 @@ def _train_loop(trainer: Trainer, iterator, manager, config: TrainConfig, global
         writer.flush()
     if stop.signal is not None:
         _log(f"stopped by signal {stop.signal} at step {step}; run the same command to resume")
-    return last_logged
+    return last_logged, stop.signal
 
 
 def _log_metrics(pending, step, total, steps_per_sec, global_batch_size) -> dict:
-    """Averages the metrics of the steps since the last log; logs and writes summaries."""
+    """Averages the metrics of the steps since the last log; logs and writes summaries.
+
+    `steps_per_sec` is None when the window holds only the first step (no rate yet).
+    """
     totals: dict[str, float] = {}
     for metrics in pending:
         for name, value in metrics.items():
@@ -559,15 +766,21 @@ def _log_metrics(pending, step, total, steps_per_sec, global_batch_size) -> dict
     logged["loss"] = logged["masked_lm_loss"] + logged["next_sentence_loss"]
     logged["learning_rate"] = float(pending[-1]["learning_rate"])
     logged["grad_norm"] = totals["grad_norm"] / len(pending)
-    logged["examples_per_sec"] = steps_per_sec * global_batch_size
-    logged["steps_per_sec"] = steps_per_sec
-    eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
+    if steps_per_sec is None:
+        speed = "rate and ETA from the next log line"
+    else:
+        logged["examples_per_sec"] = steps_per_sec * global_batch_size
+        logged["steps_per_sec"] = steps_per_sec
+        eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
+        speed = (
+            f"{logged['examples_per_sec']:.1f} examples/s {steps_per_sec:.2f} steps/s  "
+            f"ETA {_format_seconds(eta)}"
+        )
     _log(
         f"step {step}/{total}  loss {logged['loss']:.4f}  "
         f"mlm {logged['masked_lm_loss']:.4f} acc {logged['masked_lm_accuracy']:.4f}  "
         f"nsp {logged['next_sentence_loss']:.4f} acc {logged['next_sentence_accuracy']:.4f}  "
-        f"lr {logged['learning_rate']:.3g}  {logged['examples_per_sec']:.1f} examples/s "
-        f"{steps_per_sec:.2f} steps/s  ETA {_format_seconds(eta)}"
+        f"lr {logged['learning_rate']:.3g}  {speed}"
     )
     for name, value in logged.items():
         tf.summary.scalar(name, value, step=step)
@@ -588,8 +801,8 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "init_checkpoint",
         None,
-        "Start from these weights (a checkpoint "
-        "of this tool); ignored when --output_dir already has checkpoints.",
+        "Start from these weights: a checkpoint of this tool (out/model.ckpt-N) or a "
+        "directory of them (its newest); ignored when --output_dir already has checkpoints.",
     )
     flags.DEFINE_integer(
         "max_seq_length", d["max_seq_length"].default, "Tokens per example; must match the data."
@@ -667,11 +880,15 @@ def main(argv: Sequence[str]) -> int:
         logging.set_verbosity(logging.WARNING)
     try:
         config = config_from_flags()
-        train_and_evaluate(config)
-    except (ValueError, OSError, input_pipeline.DataMismatchError) as e:
-        _log(f"error: {e}")
+        results = train_and_evaluate(config)
+    except (ValueError, OSError, tf.errors.OpError, AssertionError) as e:
+        # Errors that speak to the user; tf.errors.OpError and AssertionError come from
+        # reading checkpoints and data (corrupt files, restore mismatches).
+        _log(f"error: {_short_error(e)}")
         return 1
-    return 0
+    # As a shell reports a process killed by the signal: 130 for SIGINT, 143 for SIGTERM.
+    signum = results.get("stopped_by_signal")
+    return 128 + signum if signum else 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Tests of input_pipeline.py: file checks, the original format, batches, positions."""
 
+import io
 import json
 
 import numpy as np
@@ -116,8 +117,29 @@ def test_files_without_metadata_are_checked_from_their_first_record(tmp_path):
         input_pipeline.check_data_files([path], SEQ, PRED, 10)
     empty = str(tmp_path / "empty.tfrecord")
     open(empty, "wb").close()
-    with pytest.raises(input_pipeline.DataMismatchError, match="no records"):
+    with pytest.raises(input_pipeline.EmptyDataError, match="no records"):
         input_pipeline.check_data_files([empty], SEQ, PRED, 50)
+
+
+def test_empty_files_are_skipped_and_named_and_all_empty_is_an_error(tmp_path):
+    good, no_records, zero_meta = (str(tmp_path / f"{n}.tfrecord") for n in "abc")
+    original_style_records(good, 3)
+    open(no_records, "wb").close()  # no metadata, no record
+    original_style_records(zero_meta, 0)
+    write_metadata(zero_meta, num_instances=0, max_seq_length=999)  # settings of no matter
+    log = io.StringIO()
+    checked = input_pipeline.check_data_files(
+        [good, no_records, zero_meta], SEQ, PRED, 50, flag="--eval_input_file", log=log
+    )
+    assert [f.path for f in checked] == [good]
+    assert "--eval_input_file: skipping 2 empty file(s)" in log.getvalue()
+    assert no_records in log.getvalue() and zero_meta in log.getvalue()
+    # Nothing left: an error naming the flag and every file, not an endless wait for data.
+    with pytest.raises(input_pipeline.EmptyDataError) as info:
+        input_pipeline.check_data_files([no_records, zero_meta], SEQ, PRED, 50)
+    message = str(info.value)
+    assert message.startswith("--input_file: no instances")
+    assert no_records in message and zero_meta in message
 
 
 def _ids(batch):

@@ -3,9 +3,11 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import conftest
 import numpy as np
@@ -324,12 +326,12 @@ def test_command_line_trains_evaluates_and_resumes(workspace, tmp_path):
     }  # fmt: skip
     assert results["global_step"] == "6" and results["eval_steps"] == "3"
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(out))
-    # The same command again: nothing left to train, it resumes at step 6 and evaluates.
+    # The same command again: it resumes at step 6, has nothing left to train, evaluates.
+    # (Refused changes of settings are tested in-process, in test_resume_refuses_...)
     again = run_cli(*args)
-    assert again.returncode == 0 and "resumed from" in again.stderr
-    # Changing the batch size of a run in progress is refused.
-    changed = run_cli(*[a if a != "--batch_size=4" else "--batch_size=2" for a in args])
-    assert changed.returncode == 1 and "--batch_size: 4 then, 2 now" in changed.stderr
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stderr and "already at step 6 of 6" in again.stderr
+    assert "eval results" in again.stderr
 
 
 def test_command_line_errors(workspace, tmp_path):
@@ -348,3 +350,231 @@ def test_command_line_errors(workspace, tmp_path):
             f"--max_seq_length={SEQ}", f"--max_predictions_per_seq={PRED}",
         )  # fmt: skip
         assert result.returncode == 1 and "no GPU is visible" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# Resuming, stopping, checkpoints and errors
+
+
+def copy_data(workspace, directory, name):
+    """A copy of the workspace's training file (and its metadata) as directory/name."""
+    directory.mkdir(exist_ok=True)
+    path = directory / name
+    shutil.copy(workspace["data"], path)
+    shutil.copy(cpd.metadata_path(workspace["data"]), cpd.metadata_path(str(path)))
+    return str(path)
+
+
+def save_weights(workspace, directory, step, **bert_overrides):
+    """A checkpoint of freshly initialized weights at `step`, as this tool writes them."""
+    path = directory / "bert_config.json"
+    directory.mkdir(exist_ok=True)
+    path.write_text(json.dumps(dict(tiny_config(), **bert_overrides)))
+    config = make_config(workspace, directory, bert_config_file=str(path))
+    trainer = rp.Trainer(strategy_over(1), modeling.BertConfig.from_json_file(path), config)
+    trainer.step.assign(step)
+    checkpoint = tf.train.Checkpoint(model=trainer.model, step=trainer.step)
+    manager = tf.train.CheckpointManager(
+        checkpoint, str(directory), 1, checkpoint_name="model.ckpt"
+    )
+    return manager.save(checkpoint_number=step)
+
+
+def run_main(monkeypatch, config, num_replicas=2):
+    """The real `main`, in this process: flags replaced by `config`, the shared strategy."""
+    monkeypatch.setattr(rp, "config_from_flags", lambda: config)
+    monkeypatch.setattr(rp, "make_strategy", lambda *args: strategy_over(num_replicas))
+    monkeypatch.setattr(rp, "flags_were_given", lambda *names: True)  # leave absl logging be
+    return rp.main([])
+
+
+def test_copy_file_never_truncates_and_replaces_whole(tmp_path):
+    source = tmp_path / "bert_config.json"
+    source.write_text('{"hidden_size": 32}')
+    (tmp_path / "link.json").symlink_to(source)
+    rp._copy_file(str(source), str(source))
+    rp._copy_file(str(tmp_path / "link.json"), str(tmp_path / "." / "bert_config.json"))
+    assert source.read_text() == '{"hidden_size": 32}'  # tf.io.gfile.copy would leave ""
+    target = tmp_path / "out.json"
+    target.write_text("an older, longer config")
+    rp._copy_file(str(source), str(target))
+    assert target.read_text() == '{"hidden_size": 32}'
+    assert sorted(os.listdir(tmp_path)) == ["bert_config.json", "link.json", "out.json"]
+
+
+def test_resume_refuses_changed_settings_and_allows_another_replica_count(
+    workspace, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    # Resuming with --bert_config_file=out/bert_config.json --output_dir=out: the config
+    # is the very file the run copies it to.
+    bert_config = out / "bert_config.json"
+    bert_config.write_text(json.dumps(tiny_config()))
+    data = copy_data(workspace, tmp_path / "data", "train-0.tfrecord")
+    settings = dict(
+        input_file=str(tmp_path / "data" / "train-*.tfrecord"),
+        bert_config_file=str(bert_config),
+        num_train_steps=3,
+        do_eval=True,
+        max_eval_steps=1,
+    )
+    config = make_config(workspace, out, batch_size=8, **settings)  # 8 × 1 replica
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        results = rp.train_and_evaluate(config, strategy=strategy_over(1))
+    # Stopped by Ctrl-C: no eval of a half-trained model.
+    assert results["stopped_by_signal"] == signal.SIGINT and "eval" not in results
+    assert not (out / "eval_results.txt").exists()
+    assert tf.train.latest_checkpoint(str(out)).endswith("model.ckpt-2")
+    assert json.loads(bert_config.read_text()) == tiny_config()
+
+    def refusal(num_replicas, **changes):
+        changed = make_config(workspace, out, **dict(settings, batch_size=8, **changes))
+        with pytest.raises(ValueError) as info:
+            rp.train_and_evaluate(changed, strategy=strategy_over(num_replicas))
+        message = str(info.value)
+        assert "Use the same flags" in message and f"--init_checkpoint={out}" in message
+        return message
+
+    assert "global batch (--batch_size × replicas): 8 (8 × 1) then, 16 (8 × 2) now" in refusal(2)
+    assert "--num_train_steps: 3 then, 5 now" in refusal(1, num_train_steps=5)
+    # A new shard matching the same glob would move the saved input position.
+    added = copy_data(workspace, tmp_path / "data", "train-1.tfrecord")
+    message = refusal(1)
+    assert f"training files (--input_file): 1 file(s) then, 2 now; added: {added}" in message
+    os.remove(added)
+
+    # The same global batch on 2 replicas continues the run: the input yields global batches.
+    capsys.readouterr()
+    config = make_config(workspace, out, batch_size=4, **settings)  # 4 × 2 replicas
+    results = rp.train_and_evaluate(config, strategy=strategy_over(2))
+    assert "resumed from" in capsys.readouterr().err
+    assert "stopped_by_signal" not in results and results["eval"]["global_step"] == 3
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["global_batch_size"] == 8 and saved["num_replicas"] == 2
+    assert saved["train_files"] == [os.path.abspath(data)]
+    assert json.loads(bert_config.read_text()) == tiny_config()
+
+    # Once more: already at num_train_steps, so it only evaluates and writes nothing else.
+    before = {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)}
+    results = rp.train_and_evaluate(config, strategy=strategy_over(2))
+    err = capsys.readouterr().err
+    assert "already at step 3 of 3: nothing to train" in err and "training steps" not in err
+    assert results["train"] == {} and results["eval"]["global_step"] == 3
+    after = {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)}
+    changed = {name for name in after if before.get(name) != after[name]}
+    # The eval results and the eval summaries (out/eval/) only: no training event file,
+    # train_config.json and the checkpoints untouched.
+    assert changed == {"eval_results.txt", "eval"}
+
+
+def test_first_step_is_timed_apart_from_the_rate(workspace, tmp_path, monkeypatch, capsys):
+    clock = types.SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(rp, "time", types.SimpleNamespace(time=lambda: clock.now))
+    original = rp.Trainer.train_step
+    calls = []
+
+    def train_step(self, iterator):
+        clock.now += 100.0 if not calls else 0.5  # tracing and compiling make step 1 slow
+        calls.append(1)
+        return original(self, iterator)
+
+    monkeypatch.setattr(rp.Trainer, "train_step", train_step)
+    config = make_config(workspace, tmp_path / "out", num_train_steps=5, log_every_n_steps=3)
+    results = rp.train_and_evaluate(config, strategy=strategy_over(1))
+    err = capsys.readouterr().err
+    assert "first step took 100.0 s (tracing and compiling included)" in err
+    # Steps 2 and 3 took 0.5 s each: 2 steps/s, 2 steps left, ETA 1 s (not 3/101 steps/s).
+    (line,) = [line for line in err.splitlines() if line.startswith("step 3/5")]
+    assert line.endswith("8.0 examples/s 2.00 steps/s  ETA 0:00:01")  # global batch 4
+    assert results["train"]["steps_per_sec"] == 2.0
+
+
+def test_main_exit_status_after_a_signal_and_on_checkpoint_errors(
+    workspace, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "stopped"
+    config = make_config(workspace, out, do_eval=True, num_train_steps=4)
+    with monkeypatch.context() as m:
+        original = rp.Trainer.train_step
+
+        def train_step(self, iterator):
+            result = original(self, iterator)
+            signal.raise_signal(signal.SIGTERM)
+            return result
+
+        m.setattr(rp.Trainer, "train_step", train_step)
+        assert run_main(m, config, num_replicas=1) == 128 + signal.SIGTERM == 143
+    assert tf.train.latest_checkpoint(str(out)).endswith("model.ckpt-1")
+    assert not (out / "eval_results.txt").exists()
+    assert "eval skipped" in capsys.readouterr().err
+
+    # Checkpoints of a 1-layer model in the output dir, resumed with the 2-layer config:
+    # a short error (TensorFlow's names every variable with its values), no traceback.
+    save_weights(workspace, tmp_path / "one_layer", step=2, num_hidden_layers=1)
+    config = make_config(workspace, tmp_path / "one_layer", num_train_steps=4)
+    assert run_main(monkeypatch, config) == 1
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "model.ckpt-2 does not fit this model" in line and len(line) < 1000
+    assert "--bert_config_file=" in line
+    # A corrupt checkpoint names its path.
+    (tmp_path / "one_layer" / "model.ckpt-2.index").write_bytes(b"garbage")
+    assert run_main(monkeypatch, config) == 1
+    assert "model.ckpt-2 cannot be read" in capsys.readouterr().err
+    # Corrupt data that its metadata vouches for fails while reading: an error, exit 1.
+    corrupt = copy_data(workspace, tmp_path / "corrupt", "eval.tfrecord")
+    with open(corrupt, "r+b") as f:
+        f.seek(20)
+        f.write(b"\xff" * 8)
+    config = make_config(
+        workspace, tmp_path / "eval", do_train=False, do_eval=True, eval_input_file=corrupt,
+        init_checkpoint=save_weights(workspace, tmp_path / "weights", step=1),
+    )  # fmt: skip
+    assert run_main(monkeypatch, config) == 1
+    assert "error: " in capsys.readouterr().err
+
+
+def test_init_checkpoint_may_be_a_directory_and_bad_paths_are_named(workspace, tmp_path, capsys):
+    save_weights(workspace, tmp_path / "previous", step=7)
+    config = make_config(
+        workspace, tmp_path / "eval", do_train=False, do_eval=True, max_eval_steps=1,
+        init_checkpoint=str(tmp_path / "previous"),
+    )  # fmt: skip
+    results = rp.train_and_evaluate(config, strategy=strategy_over(1))
+    assert results["eval"]["global_step"] == 7
+    assert f"evaluating {tmp_path / 'previous' / 'model.ckpt-7'}" in capsys.readouterr().err
+
+    (tmp_path / "empty").mkdir()
+    for path, fragment in [
+        (tmp_path / "nothing" / "model.ckpt-5", "no checkpoint there"),
+        (tmp_path / "empty", "the directory holds no checkpoint"),
+    ]:
+        config = make_config(workspace, tmp_path / "new", init_checkpoint=str(path))
+        with pytest.raises(ValueError) as info:
+            rp.train_and_evaluate(config, strategy=strategy_over(1))
+        message = str(info.value)
+        assert f"--init_checkpoint={path}: {fragment}" in message
+        assert "expected a checkpoint prefix such as out/model.ckpt-1000" in message
+        assert not (tmp_path / "new").exists()  # refused before anything was written
+
+
+def test_errors_about_the_default_eval_files_name_input_file(workspace, tmp_path):
+    eval_only = dict(do_train=False, do_eval=True, init_checkpoint=None)
+    config = make_config(workspace, tmp_path / "o", input_file=str(tmp_path / "no*"), **eval_only)
+    with pytest.raises(FileNotFoundError) as info:
+        rp.train_and_evaluate(config, strategy=strategy_over(1))
+    assert str(info.value).startswith("--input_file: no TFRecord files match")
+    # Files whose metadata says they are empty: named, with the flag, before any work
+    # (training on them used to wait forever for a first batch).
+    empty = copy_data(workspace, tmp_path / "data", "empty.tfrecord")
+    meta = json.loads(open(cpd.metadata_path(empty)).read())
+    with open(cpd.metadata_path(empty), "w") as f:
+        json.dump(dict(meta, num_instances=0), f)
+    for overrides in (eval_only, dict(do_train=True)):
+        config = make_config(workspace, tmp_path / "o", input_file=empty, **overrides)
+        with pytest.raises(input_pipeline.EmptyDataError) as info:
+            rp.train_and_evaluate(config, strategy=strategy_over(1))
+        assert str(info.value).startswith("--input_file: no instances") and empty in str(info.value)
+    assert not (tmp_path / "o").exists()
