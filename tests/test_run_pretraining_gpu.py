@@ -81,6 +81,7 @@ def make_config(workspace, output_dir, **overrides):
         input_file=workspace["data"],
         output_dir=str(output_dir),
         bert_config_file=workspace["configs"]["nodrop"],
+        do_train=True,
         max_seq_length=SEQ,
         max_predictions_per_seq=PRED,
         batch_size=4,
@@ -289,9 +290,12 @@ def test_more_gpus_than_visible_is_an_error():
 
 def test_flags_are_validated():
     with pytest.raises(ValueError, match="--batch_size=0"):
-        rp.TrainConfig(input_file="x", output_dir="o", bert_config_file="c", batch_size=0)
+        rp.TrainConfig(
+            input_file="x", output_dir="o", bert_config_file="c", do_train=True, batch_size=0
+        )
     with pytest.raises(ValueError, match="exclude each other"):
-        rp.TrainConfig(input_file="x", output_dir="o", bert_config_file="c", num_gpus=2,
+        rp.TrainConfig(input_file="x", output_dir="o", bert_config_file="c", do_train=True,
+                       num_gpus=2,
                        cpu_replicas=2)  # fmt: skip
 
 
@@ -578,3 +582,29 @@ def test_errors_about_the_default_eval_files_name_input_file(workspace, tmp_path
             rp.train_and_evaluate(config, strategy=strategy_over(1))
         assert str(info.value).startswith("--input_file: no instances") and empty in str(info.value)
     assert not (tmp_path / "o").exists()
+
+
+def test_loss_falls_on_the_bundled_sample(tmp_path):
+    # The demo's own files: sample_text.txt, vocab.txt and bert_config.json.
+    data = str(tmp_path / "sample.tfrecord")
+    options = cpd.DataOptions(max_seq_length=64, max_predictions_per_seq=10, dupe_factor=2)
+    spec = cpd.TokenizerSpec(os.path.join(ROOT, "vocab.txt"))
+    cpd.create_pretraining_data(
+        os.path.join(ROOT, "sample_text.txt"), data, spec, options, log=None
+    )
+    config = rp.TrainConfig(
+        input_file=data, output_dir=str(tmp_path / "out"),
+        bert_config_file=os.path.join(ROOT, "bert_config.json"), do_train=True,
+        max_seq_length=64, max_predictions_per_seq=10, batch_size=8, learning_rate=1e-3,
+        num_train_steps=1000, num_warmup_steps=10, seed=3,
+    )  # fmt: skip
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    trainer = rp.Trainer(strategy_over(2), bert_config, config)
+    iterator = iter(input_pipeline.train_dataset([data], 16, 64, 10, seed=3))
+    losses = []
+    for _ in range(60):
+        m = trainer.train_step(iterator)
+        losses.append(float(m["mlm_loss_sum"]) / float(m["mlm_count"]))
+    # From about ln(2000) = 7.6 (uniform over the vocabulary) to well below.
+    assert np.mean(losses[:3]) > 7.0
+    assert np.mean(losses[-10:]) < np.mean(losses[:3]) - 1.0, losses
