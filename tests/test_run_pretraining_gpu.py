@@ -10,6 +10,7 @@ import sys
 import types
 
 import conftest
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -608,3 +609,28 @@ def test_loss_falls_on_the_bundled_sample(tmp_path):
     # From about ln(2000) = 7.6 (uniform over the vocabulary) to well below.
     assert np.mean(losses[:3]) > 7.0
     assert np.mean(losses[-10:]) < np.mean(losses[:3]) - 1.0, losses
+
+
+def test_step_runs_under_mixed_precision_and_its_replica_work_compiles_with_xla(workspace):
+    # A later issue switches these on; here we check that nothing rules them out.
+    config = make_config(workspace, workspace["root"] / "unused")
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        trainer = rp.Trainer(strategy_over(2), bert_config, config)
+        iterator = iter(input_pipeline.train_dataset([workspace["data"]], 8, SEQ, PRED, seed=1))
+        metrics = [trainer.train_step(iterator) for _ in range(2)]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert all(v.dtype == "float32" for v in trainer.variables)  # float32 master weights
+    assert all(np.isfinite(float(m["mlm_loss_sum"])) for m in metrics)
+    assert float(metrics[-1]["grad_norm"]) > 0
+
+    single = rp.Trainer(strategy_over(1), bert_config, config)
+    batch = next(iter(input_pipeline.train_dataset([workspace["data"]], 4, SEQ, PRED, seed=1)))
+    compiled = tf.function(single._replica_train_step, jit_compile=True)
+    grads, sums = tf.function(lambda b: single.strategy.run(compiled, args=(b,)))(batch)
+    eager_grads, eager_sums = tf.function(
+        lambda b: single.strategy.run(single._replica_train_step, args=(b,))
+    )(batch)
+    np.testing.assert_allclose(float(sums["grad_norm"]), float(eager_sums["grad_norm"]), rtol=1e-4)
