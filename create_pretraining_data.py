@@ -665,6 +665,9 @@ _WORKER: ChunkWorker | None = None  # one per worker process, built by its initi
 
 def _init_worker(tokenizer_spec: TokenizerSpec, options: DataOptions) -> None:
     global _WORKER
+    # Ctrl-C reaches the whole process group; the main process handles it (stops the
+    # pool, removes the temporary outputs), so the workers ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = ChunkWorker(tokenizer_spec, options)
 
 
@@ -1067,12 +1070,13 @@ def main(argv: Sequence[str]) -> int:
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: no output written", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
 
 
 if __name__ == "__main__":
-    import signal
-
     from absl import app
 
     # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed.

@@ -503,7 +503,11 @@ def test_failure_midway_leaves_no_output(tmp_path, vocab_file, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["c.txt"]
 
 
-def test_command_line_killed_run_leaves_no_final_file(tmp_path, vocab_file):
+@pytest.mark.parametrize(
+    "sig, workers, status",
+    [(signal.SIGTERM, 1, 143), (signal.SIGINT, 2, 130)],  # kill; Ctrl-C to the whole group
+)
+def test_command_line_stopped_run_leaves_no_file(tmp_path, vocab_file, sig, workers, status):
     documents = sequential_corpus(num_docs=30)
     corpus = write_corpus(tmp_path / "c.txt", documents * 400)  # enough work to interrupt
     out = tmp_path / "out" / "o.tfrecord"
@@ -511,16 +515,22 @@ def test_command_line_killed_run_leaves_no_final_file(tmp_path, vocab_file):
         sys.executable, os.path.join(ROOT, "create_pretraining_data.py"),
         f"--input_file={corpus}", f"--output_file={out}", f"--vocab_file={vocab_file}",
         "--max_seq_length=32", "--max_predictions_per_seq=5", "--dupe_factor=50",
-        "--num_workers=1", "--chunk_mb=0.05",
+        f"--num_workers={workers}", "--chunk_mb=0.05",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, cwd=ROOT)
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (out.parent.exists() and os.listdir(out.parent)):
         time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    if sig == signal.SIGINT:
+        os.killpg(process.pid, sig)  # as a terminal's Ctrl-C: main process and workers
+    else:
+        process.send_signal(sig)
     _, err = process.communicate(timeout=60)
-    assert process.returncode != 0, err.decode()
+    assert process.returncode == status, err
+    assert "Traceback" not in err
     assert os.listdir(out.parent) == []  # neither final nor temporary files
 
 
