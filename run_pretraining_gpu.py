@@ -886,6 +886,9 @@ def main(argv: Sequence[str]) -> int:
         # reading checkpoints and data (corrupt files, restore mismatches).
         _log(f"error: {_short_error(e)}")
         return 1
+    except KeyboardInterrupt:  # outside training (start-up, eval) or a second Ctrl-C
+        _log("interrupted (training progress is in the newest checkpoint, if any)")
+        return 128 + signal.SIGINT
     # As a shell reports a process killed by the signal: 130 for SIGINT, 143 for SIGTERM.
     signum = results.get("stopped_by_signal")
     return 128 + signum if signum else 0
