@@ -594,10 +594,20 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
     trainer = Trainer(strategy, bert_config, config)
     devices = ", ".join(strategy.extended.worker_devices)
     _log(f"TensorFlow {tf.__version__}; {num_replicas} replica(s) on {devices}")
+    if config.do_train:
+        _log(
+            f"batch: {config.batch_size} per replica × {num_replicas} replica(s) = "
+            f"{global_batch_size} global; {config.num_train_steps:,} steps "
+            f"({config.num_warmup_steps:,} warm-up), peak learning rate {config.learning_rate:g}"
+        )
+    if config.do_eval:
+        _log(
+            f"eval batch: {config.eval_batch_size} per replica × {num_replicas} replica(s) = "
+            f"{config.eval_batch_size * num_replicas} global"
+        )
     _log(
-        f"batch: {config.batch_size} per replica × {num_replicas} replica(s) = "
-        f"{global_batch_size} global; model: {bert_config.num_hidden_layers} layers, hidden "
-        f"{bert_config.hidden_size}, vocab {bert_config.vocab_size}"
+        f"model: {bert_config.num_hidden_layers} layers, hidden {bert_config.hidden_size}, "
+        f"{bert_config.num_attention_heads} heads, vocab {bert_config.vocab_size}"
     )
     for kind, files in (("train", train_files), ("eval", eval_files)):
         if files:
