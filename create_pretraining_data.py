@@ -415,13 +415,26 @@ class ExampleEncoder:
         self._ones = b"\x01" * max_seq_length
         self._float_one = struct.pack("<f", 1.0)
         self._float_zero = struct.pack("<f", 0.0)
+        self._prefixes: dict[tuple[str, bytes, int], bytes] = {}
 
     @staticmethod
     def _entry(name: str, feature: bytes) -> bytes:
         return _field(b"\x0a", _field(b"\x0a", name.encode()) + _field(b"\x12", feature))
 
-    def _int64_entry(self, name: str, packed: bytes) -> bytes:
-        return self._entry(name, _field(b"\x1a", _field(b"\x0a", packed)))
+    def _prefixed(self, name: str, kind: bytes, packed: bytes) -> bytes:
+        """The map entry of feature `name` whose packed values are `packed`.
+
+        Everything before the packed values (tags, lengths, the key) depends only on
+        the name, the kind and len(packed), so it is built once per such triple and
+        cached: serialization is then mostly joining precomputed bytes.
+        """
+        key = (name, kind, len(packed))
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            placeholder = b"\x00" * len(packed)
+            entry = self._entry(name, _field(kind, _field(b"\x0a", placeholder)))
+            prefix = self._prefixes[key] = entry[: len(entry) - len(packed)]
+        return prefix + packed
 
     def serialize(self, instance: TrainingInstance) -> bytes:
         """Returns the serialized `tf.train.Example` of one instance, padded."""
@@ -431,40 +444,44 @@ class ExampleEncoder:
         k = len(instance.masked_positions)
         pad_k = self.max_predictions - k
         num_segment_a = instance.num_a + 2  # [CLS] A [SEP]
+        int64 = b"\x1a"  # Feature.int64_list
         features = b"".join(
             (
-                self._int64_entry(
+                self._prefixed(
                     "input_ids",
+                    int64,
                     b"".join([varints[i] for i in instance.token_ids]) + self._zeros[:pad],
                 ),
-                self._int64_entry("input_mask", self._ones[:n] + self._zeros[:pad]),
-                self._int64_entry(
+                self._prefixed("input_mask", int64, self._ones[:n] + self._zeros[:pad]),
+                self._prefixed(
                     "segment_ids",
+                    int64,
                     self._zeros[:num_segment_a]
                     + self._ones[: n - num_segment_a]
                     + self._zeros[:pad],
                 ),
-                self._int64_entry(
+                self._prefixed(
                     "masked_lm_positions",
+                    int64,
                     b"".join([varints[i] for i in instance.masked_positions]) + self._zeros[:pad_k],
                 ),
-                self._int64_entry(
+                self._prefixed(
                     "masked_lm_ids",
+                    int64,
                     b"".join([varints[i] for i in instance.masked_ids]) + self._zeros[:pad_k],
                 ),
-                self._entry(
+                self._prefixed(
                     "masked_lm_weights",
-                    _field(
-                        b"\x12",
-                        _field(b"\x0a", self._float_one * k + self._float_zero * pad_k),
-                    ),
+                    b"\x12",  # Feature.float_list
+                    self._float_one * k + self._float_zero * pad_k,
                 ),
-                self._int64_entry(
-                    "next_sentence_labels", b"\x01" if instance.is_random_next else b"\x00"
+                self._prefixed(
+                    "next_sentence_labels", int64, b"\x01" if instance.is_random_next else b"\x00"
                 ),
             )
         )
-        return _field(b"\x0a", features)
+        size = len(features)
+        return b"\x0a" + (varints[size] if size < len(varints) else _varint(size)) + features
 
 
 def masked_crc32c(data: bytes) -> int:
