@@ -67,6 +67,12 @@ def sequential_corpus(num_docs=30, sentences=(3, 9), words=(3, 12), seed=0):
     return documents
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid`, from /proc."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
 def read_records(path, max_seq_length, max_predictions):
     # The original release's feature spec, written out independently of the code.
     spec = {
@@ -520,10 +526,18 @@ def test_command_line_stopped_run_leaves_no_file(tmp_path, vocab_file, sig, work
     process = subprocess.Popen(
         command, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True
     )
+    # Wait until the run is writing and its worker processes (plus the resource tracker
+    # that the spawn start method adds; none with 1 worker, which works in-process)
+    # exist, then give them time to start up.
+    expected_children = workers + 1 if workers > 1 else 0
     deadline = time.time() + 60
-    while time.time() < deadline and not (out.parent.exists() and os.listdir(out.parent)):
+    while time.time() < deadline and not (
+        out.parent.exists()
+        and os.listdir(out.parent)
+        and len(children(process.pid)) >= expected_children
+    ):
         time.sleep(0.05)
-    time.sleep(1.0)
+    time.sleep(2.0)
     if sig == signal.SIGINT:
         os.killpg(process.pid, sig)  # as a terminal's Ctrl-C: main process and workers
     else:
@@ -658,11 +672,10 @@ def test_a_worker_killed_by_the_system_stops_the_run_with_an_error(tmp_path, voc
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     workers = []
     deadline = time.time() + 60
-    while time.time() < deadline and len(workers) < 2:
+    while time.time() < deadline and len(workers) < 3:  # 2 workers + resource tracker
         time.sleep(0.1)
-        with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
-            workers = [int(pid) for pid in f.read().split()]
-    time.sleep(1.0)
+        workers = children(process.pid)
+    time.sleep(2.0)
     # The spawn start method also runs a resource tracker child; kill a real worker.
     for pid in workers:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
