@@ -33,6 +33,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -840,7 +841,10 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _format_seconds(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """H:MM:SS for progress lines and ETAs; "?" when the time is not finite."""
+    if not math.isfinite(seconds):
+        return "?"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -941,7 +945,7 @@ def create_pretraining_data(
                     f"{stats['documents']:,} documents, "
                     f"{stats['instances']:,} instances, {done_bytes / 1e6:.1f}/"
                     f"{total_work / 1e6:.1f} MB ({rate / 1e6:.2f} MB/s), "
-                    f"ETA {_format_seconds(eta)}"
+                    f"ETA {format_duration(eta)}"
                 )
         if stats["instances"] == 0:
             raise ValueError(

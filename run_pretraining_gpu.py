@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import re
 import signal
@@ -41,6 +40,7 @@ import tensorflow as tf  # noqa: E402
 import input_pipeline  # noqa: E402
 import modeling  # noqa: E402
 import optimization  # noqa: E402
+from create_pretraining_data import format_duration  # noqa: E402
 
 # ----------------------------------------------------------------------------------------
 # Configuration
@@ -242,18 +242,18 @@ class Trainer:
         sums["grad_norm"] = grad_norm
         return grads, sums
 
-    def _next_global_batch(self, iterator):
-        batch = next(iterator)
+    def _distribute(self, global_batch: dict):
+        """Hands replica i its rows [i·B, (i+1)·B) of a global batch."""
         return self.strategy.experimental_distribute_values_from_function(
             lambda ctx: input_pipeline.split_for_replica(
-                batch, ctx.replica_id_in_sync_group, self.num_replicas
+                global_batch, ctx.replica_id_in_sync_group, self.num_replicas
             )
         )
 
     @tf.function
     def train_step(self, iterator) -> dict:
         """One optimizer step on the next global batch; returns global metric sums."""
-        batch = self._next_global_batch(iterator)
+        batch = self._distribute(next(iterator))
         grads, sums = self.strategy.run(self._replica_train_step, args=(batch,))
         learning_rate = self.schedule(self.step)
         # Each device applies the same update to its own copy of every variable.
@@ -279,11 +279,7 @@ class Trainer:
 
     @tf.function
     def eval_step(self, global_batch: dict) -> dict:
-        batch = self.strategy.experimental_distribute_values_from_function(
-            lambda ctx: input_pipeline.split_for_replica(
-                global_batch, ctx.replica_id_in_sync_group, self.num_replicas
-            )
-        )
+        batch = self._distribute(global_batch)
         sums = self.strategy.run(
             lambda b: pretraining_sums(self.model, b, training=False), args=(batch,)
         )
@@ -324,7 +320,6 @@ class Trainer:
         if not steps:
             raise ValueError(f"the eval data ({', '.join(files)}) holds no examples")
         results = summarize(totals)
-        results["loss"] = results["masked_lm_loss"] + results["next_sentence_loss"]
         results["global_step"] = int(self.step.numpy())
         results["eval_examples"] = int(totals["nsp_count"])
         results["masked_lm_most_frequent_accuracy"] = target_counts.max() / totals["mlm_count"]
@@ -333,7 +328,10 @@ class Trainer:
 
 
 def summarize(totals: dict) -> dict:
-    """Global sums → losses and accuracies (normalised by the global counts)."""
+    """Global sums → losses and accuracies (normalised by the global counts).
+
+    "loss" is masked_lm_loss + next_sentence_loss, the quantity training minimises.
+    """
     mlm_count = max(totals["mlm_count"], 1e-9)
     nsp_count = max(totals["nsp_count"], 1e-9)
     return {
@@ -341,6 +339,7 @@ def summarize(totals: dict) -> dict:
         "masked_lm_accuracy": totals["mlm_correct"] / mlm_count,
         "next_sentence_loss": totals["nsp_loss_sum"] / nsp_count,
         "next_sentence_accuracy": totals["nsp_correct"] / nsp_count,
+        "loss": totals["mlm_loss_sum"] / mlm_count + totals["nsp_loss_sum"] / nsp_count,
     }
 
 
@@ -471,13 +470,6 @@ class _StopRequested:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _format_seconds(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # Settings that must not change when a run is resumed from its checkpoints: the data
@@ -773,7 +765,6 @@ def _log_metrics(pending, step, total, steps_per_sec, global_batch_size) -> dict
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + float(value)
     logged = summarize(totals)
-    logged["loss"] = logged["masked_lm_loss"] + logged["next_sentence_loss"]
     logged["learning_rate"] = float(pending[-1]["learning_rate"])
     logged["grad_norm"] = totals["grad_norm"] / len(pending)
     if steps_per_sec is None:
@@ -784,7 +775,7 @@ def _log_metrics(pending, step, total, steps_per_sec, global_batch_size) -> dict
         eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
         speed = (
             f"{logged['examples_per_sec']:.1f} examples/s {steps_per_sec:.2f} steps/s  "
-            f"ETA {_format_seconds(eta)}"
+            f"ETA {format_duration(eta)}"
         )
     _log(
         f"step {step}/{total}  loss {logged['loss']:.4f}  "
