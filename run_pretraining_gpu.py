@@ -480,8 +480,6 @@ RESUME_KEYS = (
     "train_files", "max_seq_length", "max_predictions_per_seq", "global_batch_size", "seed",
     "learning_rate", "num_warmup_steps", "num_train_steps",
 )  # fmt: skip
-# What train_config.json files written before a key existed hold instead.
-_RESUME_FALLBACKS = {"train_files": "input_file", "global_batch_size": "batch_size"}
 
 
 def _describe_change(key: str, saved: dict, now: dict) -> str:
@@ -511,8 +509,6 @@ def _check_resume(config: TrainConfig, run_facts: dict, saved_path: str) -> None
     now = dict(dataclasses.asdict(config), **run_facts)
     changed = []
     for key in RESUME_KEYS:
-        if key not in saved:
-            key = _RESUME_FALLBACKS.get(key, key)
         if key in saved and saved[key] != now[key]:
             changed.append(_describe_change(key, saved, now))
     if changed:
