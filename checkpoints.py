@@ -630,31 +630,52 @@ def _canonical_hf_name(name: str) -> str:
     )
 
 
-def _object_checkpoint_keys(model: keras.Model) -> dict[str, str]:
-    """original name → key of the variable in `tf.train.Checkpoint(model=model)` files.
+def _model_paths(model: keras.Model) -> dict[int, tuple[str, ...]]:
+    """id(variable) → the attribute path from the model to it, as tf.train.Checkpoint sees it.
 
-    The keys follow the attribute path from the checkpoint root (e.g.
-    "model/encoder/layer_0/attention/query/_kernel/.ATTRIBUTES/VARIABLE_VALUE"), which
-    TensorFlow takes as the first path found breadth-first; this walks the same graph.
+    E.g. ("encoder", "layer_0", "attention", "query", "_kernel"): the names of the
+    trackable children along the way, which need not be the Keras layer names.
     """
-    root = tf.train.Checkpoint(model=model)
-    view = tf.train.TrackableView(root)
-    paths: dict[int, str] = {}
-    queue = [(root, "")]
-    seen = {id(root)}
+    view = tf.train.TrackableView(model)
+    paths: dict[int, tuple[str, ...]] = {}
+    queue: list[tuple[Any, tuple[str, ...]]] = [(model, ())]
+    seen = {id(model)}
     while queue:
         obj, path = queue.pop(0)
         for name, child in view.children(obj).items():
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            child_path = f"{path}/{name}" if path else name
-            paths[id(child)] = child_path
-            queue.append((child, child_path))
+            if id(child) not in seen:
+                seen.add(id(child))
+                paths[id(child)] = (*path, name)
+                queue.append((child, (*path, name)))
+    return paths
+
+
+def _object_checkpoint_keys(model: keras.Model, reader: Any) -> dict[str, str]:
+    """original name → the key of the variable's value in an object-based checkpoint.
+
+    The checkpoint stores its object graph: from the root, named edges lead to each
+    object, and a variable's node names the key of its value. The key is the first path
+    TensorFlow found when saving (e.g. "optimizer/_trainable_variables/3/..." when the
+    optimizer tracks the variable too), so it is looked up by following the edges
+    root → "model" → ... that lead to the variable in the live model.
+    """
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    paths = _model_paths(model)
     keys = {}
     for name, variable in modeling.original_name_map(model).items():
-        if id(variable) in paths:
-            keys[name] = paths[id(variable)] + "/.ATTRIBUTES/VARIABLE_VALUE"
+        node = graph.nodes[0]  # the tf.train.Checkpoint root
+        for step in ("model", *paths.get(id(variable), ("<not tracked>",))):
+            child = next((c.node_id for c in node.children if c.local_name == step), None)
+            if child is None:
+                break
+            node = graph.nodes[child]
+        else:
+            for attribute in node.attributes:
+                if attribute.name == "VARIABLE_VALUE":
+                    keys[name] = attribute.checkpoint_key
     return keys
 
 
@@ -774,8 +795,8 @@ def _read_checkpoint(
         keys = {name: name for name in wanted}
         layers = _layer_indices(stored, r"^bert/encoder/layer_(\d+)/")
     else:
-        keys = _object_checkpoint_keys(model)
-        layers = _layer_indices(stored, r"^model/encoder/layer_(\d+)/")
+        keys = _object_checkpoint_keys(model, reader)
+        layers = _object_checkpoint_layers(reader)
     present = set(stored)
     for name, key in keys.items():
         if key in present:
@@ -783,6 +804,21 @@ def _read_checkpoint(
     used = {stored_value.name for stored_value in values.values()}
     ignored = [key for key in stored if key not in used and key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
     return values, ignored, layers
+
+
+def _object_checkpoint_layers(reader: Any) -> set[int]:
+    """The indices of the transformer layers (root → model → encoder → layer_i) stored."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    node = graph.nodes[0]
+    for step in ("model", "encoder"):
+        child = next((c.node_id for c in node.children if c.local_name == step), None)
+        if child is None:
+            return set()
+        node = graph.nodes[child]
+    return _layer_indices([c.local_name for c in node.children], r"^layer_(\d+)$")
 
 
 def _check_hf_tied_weights(
@@ -910,7 +946,7 @@ def restore_initial_weights(
 def original_weights(model: keras.Model) -> dict[str, np.ndarray]:
     """Every variable of a built model as float32 NumPy, keyed by its original name."""
     return {
-        name: np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
+        name: np.asarray(variable.numpy(), np.float32)
         for name, variable in modeling.original_name_map(model).items()
     }
 
