@@ -1,0 +1,761 @@
+"""Training speed: bert-gpu's training step against keras-hub's BertMaskedLM, on the CPU.
+
+    make bench-training        # builds .venv-bench (requirements-bench.txt) and runs this
+    .venv-bench/bin/python benchmarks/bench_training.py --configs=tiny,mini,small,base \
+        --precisions=fp32,bf16 --output=build/bench_training.md
+
+Both sides train on the same synthetic global batch (random token ids, realistic padding,
+masked positions with weights; same batch, sequence length, predictions and precision),
+as one replica on the CPU, in this script's environment (.venv-bench: keras-hub is not a
+dependency of the project). Each side runs in its own subprocess, so neither sees the
+other's Keras policy or TensorFlow settings; both stay alive and take turns: after a
+warm-up (tracing included) the script alternates timed windows of ours and theirs, so
+machine noise hits both, and reports the median of the windows. In the same run it
+measures the machine's GEMM peak with TensorFlow matmuls (same thread settings) and
+reports each side's model FLOP/s (benchmarks/flops_bert.py: matmul FLOPs, training = 3 ×
+forward) as a percentage of the peak of the matching precision.
+
+Ours: bert-gpu's `Trainer` (training.py's, through `train_steps`; before training.py,
+run_pretraining_gpu.py's `train_step`) under MirroredStrategy(["/cpu:0"]): masked-LM AND
+next-sentence heads, AdamW with clipping to global norm 1.0; `make_our_runner` is the one
+function that knows that API. keras-hub: `BertBackbone` + `BertMaskedLM(preprocessor=None)`
+(masked LM only: it has no next-sentence head), compiled with AdamW (weight decay 0.01,
+epsilon 1e-6, global_clipnorm 1.0) and jit_compile="auto" (on a CPU-only machine Keras
+resolves it to False; the report says what it resolved to) unless --theirs_jit_compile
+says otherwise, trained through its compiled train function on a tf.data iterator, as
+`fit` does. GPUs are hidden from the workers (CUDA_VISIBLE_DEVICES=-1): this measures the
+CPU.
+
+Prints a markdown report (and writes it to --output): the command, the machine, the GEMM
+peaks, then one row per model and precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import flops_bert
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    """The sizes that matter for speed: L layers, H hidden, A heads, I intermediate."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+
+
+# The small BERTs of Turc et al. (2019), "Well-read students learn better", and BERT-base.
+CONFIGS = {
+    "tiny": ModelSize(2, 128, 2, 512),
+    "mini": ModelSize(4, 256, 4, 1024),
+    "small": ModelSize(4, 512, 8, 2048),
+    "base": ModelSize(12, 768, 12, 3072),
+}
+PRECISIONS = ("fp32", "bf16")
+# Keras dtype policy and TensorFlow matmul dtype of each precision.
+KERAS_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+MATMUL_DTYPE = {"fp32": "float32", "bf16": "bfloat16"}
+
+# Lines a worker writes for the driver start with this; anything else on its stdout is noise.
+MESSAGE_PREFIX = "@@bench "
+
+
+# ----------------------------------------------------------------------------------------
+# Inputs and facts shared by the driver and the workers (no TensorFlow here)
+
+
+def synthetic_batch(
+    batch_size: int,
+    seq_length: int,
+    predictions: int,
+    vocab_size: int,
+    padding: str,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """One global batch in bert-gpu's feature layout (see input_pipeline._parse_batch).
+
+    Token ids are uniform in [0, vocab_size). With padding="realistic", 10% of the
+    sequences are shorter than seq_length (uniform length in [8, S]), as data created with
+    the original release's short_seq_prob=0.1; with "full" none are. Each sequence has
+    round(15% of its length) masked positions (at most `predictions`, at least 1), distinct
+    and inside the real tokens; the rest of the P slots are padding (position 0, id 0,
+    weight 0).
+
+    Returns:
+        input_ids, input_mask, segment_ids [B, S] int32; masked_lm_positions,
+        masked_lm_ids [B, P] int32; masked_lm_weights [B, P] float32;
+        next_sentence_labels [B] int32; example_weight [B] float32.
+    """
+    rng = np.random.default_rng(seed)
+    b, s, p = batch_size, seq_length, predictions
+    lengths = np.full(b, s)
+    if padding == "realistic":
+        short = rng.random(b) < 0.1
+        lengths[short] = rng.integers(min(8, s), s + 1, size=int(short.sum()))
+    elif padding != "full":
+        raise ValueError(f"--padding={padding!r}: expected 'full' or 'realistic'")
+    positions = np.arange(s)[np.newaxis, :]  # [1, S]
+    input_mask = (positions < lengths[:, np.newaxis]).astype(np.int32)  # [B, S]
+    segment_ids = (positions >= lengths[:, np.newaxis] // 2).astype(np.int32) * input_mask
+    input_ids = rng.integers(0, vocab_size, size=(b, s), dtype=np.int32) * input_mask
+    masked_positions = np.zeros((b, p), np.int32)
+    masked_ids = np.zeros((b, p), np.int32)
+    masked_weights = np.zeros((b, p), np.float32)
+    for row, length in enumerate(lengths):
+        # Never [CLS] (position 0) nor the final [SEP].
+        count = min(p, max(1, round(0.15 * length)), max(1, length - 2))
+        chosen = np.sort(rng.choice(np.arange(1, max(2, length - 1)), size=count, replace=False))
+        masked_positions[row, :count] = chosen
+        masked_ids[row, :count] = rng.integers(0, vocab_size, size=count)
+        masked_weights[row, :count] = 1.0
+    return {
+        "input_ids": input_ids,
+        "input_mask": input_mask,
+        "segment_ids": segment_ids,
+        "masked_lm_positions": masked_positions,
+        "masked_lm_ids": masked_ids,
+        "masked_lm_weights": masked_weights,
+        "next_sentence_labels": rng.integers(0, 2, size=b, dtype=np.int32),
+        "example_weight": np.ones(b, np.float32),
+    }
+
+
+def cpu_facts() -> dict:
+    """The CPU's model name, the cores this process may use and the flags bf16 depends on."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:  # the first processor's block: its model name, then its flags
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key == "model name":
+                    name = value
+                elif key == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+    return {
+        "model": name,
+        "cores": len(os.sched_getaffinity(0)),
+        "flags": {flag: flag in flags for flag in wanted},
+    }
+
+
+def model_flops(size: ModelSize, args: argparse.Namespace, next_sentence_head: bool) -> int:
+    """Matmul FLOPs of one training step of the global batch (flops_bert.py)."""
+    forward = flops_bert.forward_flops(
+        num_layers=size.num_layers,
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        vocab_size=args.vocab_size,
+        batch_size=args.batch_size,
+        seq_length=args.seq_length,
+        predictions=args.predictions,
+        next_sentence_head=next_sentence_head,
+    )
+    return flops_bert.training_flops(forward)
+
+
+# ----------------------------------------------------------------------------------------
+# Worker side: each runs in its own process, imports TensorFlow, talks over stdin/stdout
+
+
+def _configure_tensorflow(spec: dict):
+    import tensorflow as tf
+
+    if spec["intra_op_threads"]:
+        tf.config.threading.set_intra_op_parallelism_threads(spec["intra_op_threads"])
+    if spec["inter_op_threads"]:
+        tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op_threads"])
+    return tf
+
+
+def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[[int], int], dict]:
+    """Builds bert-gpu's trainer on one CPU replica; returns (run, facts).
+
+    `run(n)` trains n steps on `batch` (the global batch, repeated) and returns the number
+    of steps taken, read from the trainer's step counter.
+
+    This is the one place that knows bert-gpu's training API, old and new: the Trainer
+    of training.py (TrainConfig with precision, xla, steps_per_loop; `train_steps`, which
+    runs several steps per call) or of run_pretraining_gpu.py before it (`train_step`
+    only). --xla and --steps_per_loop are passed when TrainConfig has those fields and
+    the flag is given, else TrainConfig's default holds; without a `precision` field, bf16
+    falls back to the global Keras policy mixed_bfloat16.
+    """
+    import keras
+    import tensorflow as tf
+
+    import modeling
+
+    try:
+        import training
+    except ModuleNotFoundError as error:
+        if error.name != "training":
+            raise
+        import run_pretraining_gpu as training
+
+    fields = {field.name for field in dataclasses.fields(training.TrainConfig)}
+    options, notes = {}, []
+    if "precision" in fields:
+        options["precision"] = spec["precision"]
+    elif spec["precision"] != "fp32":
+        keras.mixed_precision.set_global_policy(KERAS_POLICY[spec["precision"]])
+        notes.append("no TrainConfig.precision: bf16 through the global Keras policy")
+    for name in ("xla", "steps_per_loop"):
+        if spec[name] is None:
+            continue
+        if name in fields:
+            options[name] = spec[name]
+        else:
+            notes.append(f"--{name} ignored: TrainConfig has no {name} field")
+    config = training.TrainConfig(
+        input_file="synthetic",
+        output_dir="unused",
+        bert_config_file="synthetic",
+        do_train=True,
+        batch_size=spec["batch_size"],
+        max_seq_length=spec["seq_length"],
+        max_predictions_per_seq=spec["predictions"],
+        seed=spec["seed"],
+        **options,
+    )
+    bert_config = modeling.BertConfig(
+        vocab_size=spec["vocab_size"],
+        hidden_size=size.hidden_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        intermediate_size=size.intermediate_size,
+        type_vocab_size=2,
+    )
+    trainer = training.Trainer(tf.distribute.MirroredStrategy(["/cpu:0"]), bert_config, config)
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    chunk = getattr(config, "steps_per_loop", 1)
+
+    def run(steps: int) -> int:
+        start = int(trainer.step.numpy())
+        while (done := int(trainer.step.numpy()) - start) < steps:
+            if hasattr(trainer, "train_steps"):
+                count = min(chunk, steps - done)
+                trainer.train_steps(iterator, tf.constant(count, tf.int64))
+            else:
+                trainer.train_step(iterator)
+        return int(trainer.step.numpy()) - start
+
+    speed_fields = ("precision", "xla", "steps_per_loop", "gradient_accumulation_steps")
+    used = {name: getattr(config, name) for name in speed_fields if name in fields}
+    facts = {"module": training.__name__, "config": used, "notes": notes}
+    return run, facts
+
+
+def make_keras_hub_runner(
+    size: ModelSize, batch: dict, spec: dict
+) -> tuple[Callable[[int], int], dict]:
+    """Builds keras-hub's BertMaskedLM on the same sizes; returns (run, facts) as above."""
+    import keras
+    import keras_hub
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(spec["seed"])
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=spec["vocab_size"],
+        num_layers=size.num_layers,
+        num_heads=size.num_heads,
+        hidden_dim=size.hidden_size,
+        intermediate_dim=size.intermediate_size,
+        dropout=0.1,
+        max_sequence_length=512,
+        num_segments=2,
+        dtype=KERAS_POLICY[spec["precision"]],
+    )
+    model = keras_hub.models.BertMaskedLM(backbone, preprocessor=None)
+    # The update ours does: AdamW, decay 0.01, epsilon 1e-6, clipped to global norm 1.0.
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=1e-4, weight_decay=0.01, epsilon=1e-6, global_clipnorm=1.0
+    )
+    jit_compile = {"auto": "auto", "true": True, "false": False}[spec["theirs_jit_compile"]]
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)  # loss, metrics: MaskedLM's
+    x = {
+        "token_ids": batch["input_ids"],
+        "segment_ids": batch["segment_ids"],
+        "padding_mask": batch["input_mask"],
+        "mask_positions": batch["masked_lm_positions"],
+    }
+    y, sample_weight = batch["masked_lm_ids"], batch["masked_lm_weights"]
+    iterator = iter(tf.data.Dataset.from_tensors((x, y, sample_weight)).repeat())
+
+    def run(steps: int) -> int:
+        start = int(model.optimizer.iterations.numpy())
+        if model.train_function is None:
+            # The first step builds the optimizer and the train function; the others go
+            # through that compiled function on a tf.data iterator, as `fit` runs them.
+            model.train_on_batch(x, y, sample_weight=sample_weight)
+        while (done := int(model.optimizer.iterations.numpy()) - start) < steps:
+            for _ in range(steps - done):
+                model.train_function(iterator)
+        return int(model.optimizer.iterations.numpy()) - start
+
+    facts = {
+        "jit_compile": f"{spec['theirs_jit_compile']} → {model.jit_compile}",
+        "keras_hub": keras_hub.__version__,
+        "policy": backbone.dtype_policy.name,
+    }
+    return run, facts
+
+
+def measure_gemm(precisions: list[str], sizes: list[int], repeats: int) -> dict:
+    """TFLOP/s of square TensorFlow matmuls: {precision: {size: best of `repeats`}}."""
+    import tensorflow as tf
+
+    # The reduction makes the result small to fetch; it is n² work against n³.
+    product = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+    result = {}
+    for precision in precisions:
+        result[precision] = {}
+        for n in sizes:
+            a = tf.cast(tf.random.stateless_normal([n, n], seed=[1, 2]), MATMUL_DTYPE[precision])
+            b = tf.cast(tf.random.stateless_normal([n, n], seed=[3, 4]), MATMUL_DTYPE[precision])
+            product(a, b).numpy()  # trace and warm up
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                product(a, b).numpy()
+                best = min(best, time.perf_counter() - start)
+            result[precision][n] = 2 * n**3 / best / 1e12
+    return result
+
+
+def _send(message: dict) -> None:
+    print(MESSAGE_PREFIX + json.dumps(message), flush=True)
+
+
+def worker_main(spec: dict) -> None:
+    """A worker: builds its side, warms up, then runs timed windows on request."""
+    sys.path.insert(0, REPO)
+    tf = _configure_tensorflow(spec)
+    versions = {"tensorflow": tf.__version__, "python": platform.python_version()}
+    import keras
+
+    versions["keras"] = keras.__version__
+    threads = (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
+    versions["threads"] = f"intra {threads[0]}, inter {threads[1]} (0: TensorFlow's default)"
+    if spec["role"] == "gemm":
+        gemm = measure_gemm(spec["precisions"], spec["gemm_sizes"], spec["gemm_repeats"])
+        _send({"gemm": gemm, "versions": versions})
+        return
+    size = CONFIGS[spec["config"]]
+    batch = synthetic_batch(
+        spec["batch_size"],
+        spec["seq_length"],
+        spec["predictions"],
+        spec["vocab_size"],
+        spec["padding"],
+        spec["seed"],
+    )
+    make_runner = make_our_runner if spec["role"] == "ours" else make_keras_hub_runner
+    start = time.perf_counter()
+    run, facts = make_runner(size, batch, spec)
+    build_seconds = time.perf_counter() - start
+    warmup = []
+    for _ in range(spec["warmup_steps"]):
+        start = time.perf_counter()
+        steps = run(1)
+        warmup.append((time.perf_counter() - start) / steps)
+    _send(
+        {
+            "ready": True,
+            "build_seconds": build_seconds,
+            "first_step_seconds": warmup[0],
+            # The fastest warm-up step after the first: what the driver sizes windows by.
+            "step_seconds": min(warmup[1:] or warmup),
+            "facts": facts,
+            "versions": versions,
+        }
+    )
+    for line in sys.stdin:
+        command = line.split()
+        if command[:1] == ["run"]:
+            start = time.perf_counter()
+            steps = run(int(command[1]))
+            _send({"steps": steps, "seconds": time.perf_counter() - start})
+        elif command[:1] == ["quit"]:
+            return
+
+
+# ----------------------------------------------------------------------------------------
+# Driver side
+
+
+class WorkerError(RuntimeError):
+    """A worker process died or answered nonsense."""
+
+
+class Worker:
+    """A worker subprocess running this file with --worker; messages over stdin/stdout."""
+
+    def __init__(self, spec: dict):
+        self.name = spec["role"]
+        self.log = tempfile.TemporaryFile(mode="w+")
+        env = dict(os.environ)
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        # The benchmark measures the CPU: a GPU would change what jit_compile="auto" means.
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+        )
+
+    def receive(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(MESSAGE_PREFIX):
+                return json.loads(line[len(MESSAGE_PREFIX) :])
+            self.log.write(line)
+        self.process.wait()
+        self.log.seek(0)
+        tail = "".join(self.log.readlines()[-25:])
+        raise WorkerError(f"{self.name} worker exited ({self.process.returncode}):\n{tail}")
+
+    def run(self, steps: int) -> dict:
+        self.process.stdin.write(f"run {steps}\n")
+        self.process.stdin.flush()
+        return self.receive()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.close()
+                self.process.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _worker_spec(args: argparse.Namespace, **fields) -> dict:
+    spec = {
+        name: getattr(args, name)
+        for name in (
+            "batch_size",
+            "seq_length",
+            "predictions",
+            "vocab_size",
+            "padding",
+            "seed",
+            "intra_op_threads",
+            "inter_op_threads",
+            "warmup_steps",
+            "xla",
+            "steps_per_loop",
+            "theirs_jit_compile",
+        )
+    }
+    spec.update(fields)
+    return spec
+
+
+def benchmark_pair(args: argparse.Namespace, config: str, precision: str) -> dict:
+    """Warms up each selected side, then alternates timed windows; medians in seq/s."""
+    roles = [role for role in ("ours", "theirs") if getattr(args, f"{role}_enabled")]
+    workers, ready, windows = {}, {}, {role: [] for role in roles}
+    try:
+        # One side after the other, so neither's tracing slows the other's warm-up.
+        for role in roles:
+            workers[role] = Worker(
+                _worker_spec(args, role=role, config=config, precision=precision)
+            )
+            ready[role] = workers[role].receive()
+            _log(
+                f"  {config} {precision} {role}: built in {ready[role]['build_seconds']:.1f} s, "
+                f"first step {ready[role]['first_step_seconds']:.1f} s, "
+                f"then {ready[role]['step_seconds']:.3f} s/step"
+            )
+        steps = {
+            role: args.steps or max(1, round(args.window_seconds / ready[role]["step_seconds"]))
+            for role in roles
+        }
+        for window in range(args.windows):
+            # Alternate who goes first, so a drift in machine load favours neither.
+            for role in roles if window % 2 == 0 else roles[::-1]:
+                result = workers[role].run(steps[role])
+                windows[role].append(args.batch_size * result["steps"] / result["seconds"])
+            _log(
+                f"  window {window + 1}/{args.windows}: "
+                + ", ".join(f"{role} {windows[role][-1]:.2f} seq/s" for role in roles)
+            )
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return {
+        "config": config,
+        "precision": precision,
+        "ready": ready,
+        "steps": steps,
+        "windows": windows,
+        "median": {role: statistics.median(windows[role]) for role in roles},
+    }
+
+
+def _percent(flops_per_step: int, seq_per_s: float, batch_size: int, peak_tflops: float) -> str:
+    if not peak_tflops:
+        return "–"
+    return f"{100 * flops_per_step * seq_per_s / batch_size / (peak_tflops * 1e12):.1f}%"
+
+
+def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: list) -> str:
+    """The markdown report: command, machine, GEMM peaks, results and details."""
+    command = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__)] + args.argv)
+    versions, facts = {}, {}
+    for row in rows:
+        for role, ready in row.get("ready", {}).items():
+            versions.update(ready["versions"])
+            facts.setdefault(role, ready["facts"])
+    if gemm:
+        versions.update(gemm["versions"])
+    flags = ", ".join(f"{flag} {'yes' if on else 'no'}" for flag, on in cpu["flags"].items())
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Machine: {cpu['model']}, {cpu['cores']} cores usable; CPU flags: {flags}. "
+        f"Python {versions.get('python', platform.python_version())}, TensorFlow "
+        f"{versions.get('tensorflow', '?')}, Keras {versions.get('keras', '?')}"
+        + (f", keras-hub {facts['theirs']['keras_hub']}" if "theirs" in facts else "")
+        + f"; TensorFlow threads: {versions.get('threads', '?')}.",
+        "",
+        f"Settings: global batch {args.batch_size}, sequence length {args.seq_length}, "
+        f"{args.predictions} predictions, vocabulary {args.vocab_size:,}, padding "
+        f"{args.padding}; one replica on the CPU; {args.warmup_steps} warm-up steps, then "
+        f"{args.windows} alternating windows per side of "
+        + (f"{args.steps} steps" if args.steps else f"about {args.window_seconds:g} s")
+        + ", median reported.",
+    ]
+    if "ours" in facts:
+        used = facts["ours"]["config"]
+        lines.append(
+            f"Ours: `{facts['ours']['module']}.Trainer`"
+            + (", TrainConfig " + ", ".join(f"{k}={v!r}" for k, v in used.items()) if used else "")
+            + "".join(f"; {note}" for note in facts["ours"]["notes"])
+            + "; masked-LM and next-sentence heads, AdamW clipped to global norm 1.0."
+        )
+    if "theirs" in facts:
+        lines.append(
+            f"keras-hub: jit_compile {facts['theirs']['jit_compile']}, AdamW with "
+            "global_clipnorm 1.0, no next-sentence head."
+        )
+    peaks = {}
+    if gemm:
+        lines.append("")
+        for precision, by_size in gemm["gemm"].items():
+            peaks[precision] = max(by_size.values())
+            sizes = ", ".join(f"{n}: {tflops:.3f}" for n, tflops in by_size.items())
+            lines.append(
+                f"GEMM peak {precision}: **{peaks[precision]:.3f} TFLOP/s** "
+                f"(square TensorFlow matmuls, best of {args.gemm_repeats}, by size {sizes})."
+            )
+    lines += [
+        "",
+        "| config | precision | ours seq/s | keras-hub seq/s | ours / keras-hub "
+        "| ours % of GEMM peak | keras-hub % of GEMM peak |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    details = [
+        "",
+        "| config | precision | GFLOP/step ours, keras-hub | ours windows seq/s "
+        "| keras-hub windows seq/s | steps/window | first step s (ours, keras-hub) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        size = CONFIGS[row["config"]]
+        label = (
+            f"{row['config']} (L{size.num_layers} H{size.hidden_size} A{size.num_heads} "
+            f"I{size.intermediate_size})"
+        )
+        if "error" in row:
+            lines.append(f"| {label} | {row['precision']} | failed: {row['error']} | | | | |")
+            continue
+        median, peak = row["median"], peaks.get(row["precision"])
+        flops = {"ours": model_flops(size, args, True), "theirs": model_flops(size, args, False)}
+        cells = {role: f"{median[role]:.2f}" if role in median else "–" for role in flops}
+        ratio = f"{median['ours'] / median['theirs']:.2f}" if len(median) == 2 else "–"
+        percent = {
+            role: _percent(flops[role], median[role], args.batch_size, peak)
+            if role in median
+            else "–"
+            for role in flops
+        }
+        lines.append(
+            f"| {label} | {row['precision']} | {cells['ours']} | {cells['theirs']} | {ratio} "
+            f"| {percent['ours']} | {percent['theirs']} |"
+        )
+
+        def spread(role, row=row):
+            values = row["windows"].get(role)
+            return f"{min(values):.2f}–{max(values):.2f}" if values else "–"
+
+        def first(role, row=row):
+            ready = row["ready"].get(role)
+            return f"{ready['first_step_seconds']:.1f}" if ready else "–"
+
+        details.append(
+            f"| {row['config']} | {row['precision']} | {flops['ours'] / 1e9:.1f}, "
+            f"{flops['theirs'] / 1e9:.1f} | {spread('ours')} | {spread('theirs')} | "
+            + ", ".join(f"{role} {n}" for role, n in row["steps"].items())
+            + f" | {first('ours')}, {first('theirs')} |"
+        )
+    lines += details
+    lines += [
+        "",
+        "Model FLOPs are matmul FLOPs counted GEMM by GEMM, training = 3 × forward "
+        "(benchmarks/flops_bert.py); ours includes the next-sentence head, keras-hub has "
+        "none. % of GEMM peak: model FLOP/s over the measured matmul peak of the same "
+        "precision.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+    def names(allowed):
+        def parse(text):
+            chosen = [name.strip() for name in text.split(",") if name.strip()]
+            unknown = [name for name in chosen if name not in allowed]
+            if unknown or not chosen:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r}: expected a comma-separated subset of {','.join(allowed)}"
+                )
+            return chosen
+
+        return parse
+
+    def boolean(text):
+        if text.lower() not in ("true", "false"):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+        return text.lower() == "true"
+
+    def sizes(text):
+        return [int(n) for n in text.split(",") if n.strip()]
+
+    add = parser.add_argument
+    add("--configs", type=names(CONFIGS), default="tiny,mini,small,base", help="models")
+    add("--precisions", type=names(PRECISIONS), default="fp32,bf16", help="precisions")
+    add("--batch_size", type=int, default=32, help="global batch (one replica)")
+    add("--seq_length", type=int, default=128)
+    add("--predictions", type=int, default=20, help="masked positions per sequence")
+    add("--vocab_size", type=int, default=30522, help="30522: the released uncased vocab")
+    add("--padding", choices=("realistic", "full"), default="realistic")
+    add("--steps", type=int, default=0, help="steps per window; 0: about --window_seconds")
+    add("--window_seconds", type=float, default=10.0, help="window length when --steps=0")
+    add("--windows", type=int, default=5, help="timed windows per side; the median counts")
+    add("--warmup_steps", type=int, default=3, help="untimed steps first (tracing included)")
+    add("--ours_only", action="store_true", help="time bert-gpu only")
+    add("--theirs_only", action="store_true", help="time keras-hub only")
+    add("--xla", type=boolean, help="ours: TrainConfig(xla=...) if given and the field exists")
+    add("--steps_per_loop", type=int, help="ours: passed if given and TrainConfig has it")
+    add("--theirs_jit_compile", choices=("auto", "true", "false"), default="auto")
+    add("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default")
+    add("--inter_op_threads", type=int, default=0, help="0: TensorFlow's default")
+    add("--gemm_sizes", type=sizes, default="2048,3072,4096", help="square matmul sizes")
+    add("--gemm_repeats", type=int, default=3, help="timings per size; the best counts")
+    add("--seed", type=int, default=12345)
+    add("--output", help="also write the markdown report to this file")
+    args = parser.parse_args(argv)
+    if args.ours_only and args.theirs_only:
+        parser.error("--ours_only and --theirs_only exclude each other")
+    for name in ("batch_size", "seq_length", "predictions", "vocab_size", "windows"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}={getattr(args, name)}: expected a positive integer")
+    if args.warmup_steps < 1:
+        parser.error("--warmup_steps: expected at least 1 (the first step traces)")
+    if args.predictions > args.seq_length:
+        parser.error("--predictions cannot exceed --seq_length")
+    args.ours_enabled = not args.theirs_only
+    args.theirs_enabled = not args.ours_only
+    args.argv = argv
+    return args
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--worker"]:
+        worker_main(json.loads(argv[1]))
+        return 0
+    args = parse_args(argv)
+    if args.theirs_enabled and importlib.util.find_spec("keras_hub") is None:
+        sys.exit(
+            f"keras_hub is not installed for {sys.executable}: run this script with the "
+            "benchmark environment (make bench-training, or python3 -m venv .venv-bench && "
+            ".venv-bench/bin/pip install -r requirements-bench.txt), or pass --ours_only"
+        )
+    cpu = cpu_facts()
+    _log(f"CPU: {cpu['model']}, {cpu['cores']} cores; measuring the GEMM peak")
+    gemm_worker = Worker(
+        _worker_spec(
+            args,
+            role="gemm",
+            precisions=args.precisions,
+            gemm_sizes=args.gemm_sizes,
+            gemm_repeats=args.gemm_repeats,
+        )
+    )
+    try:
+        gemm = gemm_worker.receive()
+    finally:
+        gemm_worker.close()
+    for precision, by_size in gemm["gemm"].items():
+        _log(
+            f"  GEMM {precision}: " + ", ".join(f"{n}: {t:.3f} TFLOP/s" for n, t in by_size.items())
+        )
+    rows, failed = [], False
+    for config in args.configs:
+        for precision in args.precisions:
+            _log(f"{config} {precision}")
+            try:
+                rows.append(benchmark_pair(args, config, precision))
+            except WorkerError as error:
+                _log(str(error))
+                rows.append({"config": config, "precision": precision, "error": "see the log"})
+                failed = True
+    report = format_report(args, cpu, gemm, rows)
+    print(report)
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            f.write(report)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
