@@ -1067,14 +1067,8 @@ def _checked_vocab(vocab_file: str, bert_config: modeling.BertConfig) -> list[st
 # ---------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _atomic_directory(output_dir: str, overwrite: bool) -> Iterator[str]:
-    """Yields a hidden temporary directory that becomes `output_dir` when the block ends.
-
-    On an error the temporary directory is removed and `output_dir` is untouched. An
-    existing non-empty `output_dir` is an error unless `overwrite`, when it is replaced.
-    """
-    output_dir = os.path.abspath(output_dir)
+def check_output_dir(output_dir: str, overwrite: bool = False) -> None:
+    """Raises ValueError if `output_dir` is a file, or a non-empty directory and not `overwrite`."""
     if os.path.exists(output_dir):
         if not os.path.isdir(output_dir):
             raise ValueError(f"--output_dir={output_dir} exists and is not a directory")
@@ -1083,6 +1077,17 @@ def _atomic_directory(output_dir: str, overwrite: bool) -> Iterator[str]:
                 f"--output_dir={output_dir} exists and is not empty; choose a new directory "
                 "or pass --overwrite to replace it"
             )
+
+
+@contextlib.contextmanager
+def _atomic_directory(output_dir: str, overwrite: bool) -> Iterator[str]:
+    """Yields a hidden temporary directory that becomes `output_dir` when the block ends.
+
+    On an error the temporary directory is removed and `output_dir` is untouched. An
+    existing non-empty `output_dir` is an error unless `overwrite`, when it is replaced.
+    """
+    output_dir = os.path.abspath(output_dir)
+    check_output_dir(output_dir, overwrite)
     parent, name = os.path.split(output_dir)
     os.makedirs(parent, exist_ok=True)
     temporary = os.path.join(parent, f".{name}.tmp-{os.getpid()}")

@@ -63,6 +63,7 @@ def export(config: ExportConfig) -> list[str]:
         ValueError: naming the flag and the problem: no checkpoint, no config or vocabulary
             to be found, weights that do not fit the config, a non-empty output directory.
     """
+    checkpoints.check_output_dir(config.output_dir, config.overwrite)  # before the work
     source = checkpoints.resolve_init_checkpoint(config.checkpoint, flag="--checkpoint")
     config_file = config.bert_config_file or source.config_path
     if not config_file:
@@ -71,6 +72,7 @@ def export(config: ExportConfig) -> list[str]:
             "it; name the model's config with --bert_config_file"
         )
     bert_config = checkpoints.load_bert_config(config_file)
+    vocab_file, do_lower_case = _vocabulary(config, source.path, bert_config)
     _log(f"reading {source.describe()} with the config {config_file}")
     model = modeling.BertPretrainingModel(bert_config)
     model.build_weights()
@@ -83,7 +85,6 @@ def export(config: ExportConfig) -> list[str]:
             "exported with their random initial values"
         )
 
-    vocab_file, do_lower_case = _vocabulary(config, source.path, bert_config)
     if config.format == "huggingface":
         files = checkpoints.export_huggingface(
             model, config.output_dir, vocab_file, do_lower_case, overwrite=config.overwrite
