@@ -8,80 +8,77 @@ between documents. Each training instance is `[CLS] A [SEP] B [SEP]` where B is 
 true continuation of A half of the time and a span of another document otherwise, with
 about 15% of the tokens masked for the masked-LM task.
 
-Unlike the original release, which tokenizes the whole corpus into memory and builds
-every instance in one process, this script streams: each of the --dupe_factor rounds is
-a pass over the corpus, read in chunks of about --chunk_mb of text (and at least
-MIN_DOCUMENTS_PER_CHUNK documents); every chunk is tokenized, turned into instances,
-shuffled and serialized by one of --num_workers processes, and the records are written
-in (round, chunk) order. Memory is therefore bounded by the chunk size whatever the
-corpus size, and the output is identical for any --num_workers because each chunk's
-random generator is seeded from (--random_seed, round, chunk index). The trade-off: the
-random "B" segments of next-sentence negatives are drawn from the same chunk rather than
-the whole corpus, and instances are shuffled within a chunk rather than globally
-(training shuffles again across files and records).
+The original release holds the tokenized corpus and every instance in memory, shuffles
+the documents, builds the instances of all --dupe_factor rounds and shuffles them all
+before writing. This script makes the same kind of data in bounded memory, in three
+passes over temporary files kept in a hidden directory beside the first output file:
 
-TensorFlow is not imported here: records are serialized with a small hand-written
-`tf.train.Example` encoder and framed as TFRecords, which keeps start-up fast and the
-worker processes light.
+1. Tokenize. The corpus is read in chunks of about --chunk_mb of text (documents longer
+   than chunk_mb / PARTS_PER_CHUNK are cut into parts, all parts keeping the id of their
+   source document); --num_workers processes tokenize them, and every document is
+   scattered into one of about corpus / chunk_mb *document buckets* chosen by a seeded
+   generator, so each bucket is a random sample of the corpus's documents. A bounded,
+   seeded reservoir of RESERVOIR_DOCUMENTS source documents is kept on the side.
+2. Build instances. For each round, each bucket (in slices of about --chunk_mb of text)
+   is loaded, its documents shuffled and turned into instances; a next-sentence negative
+   takes B from a document of another *source* document of the slice (a random sample
+   of the corpus), or from the reservoir when the slice holds no other source. The
+   serialized records are scattered into *record buckets* chosen by a seeded generator,
+   as many as needed for a bucket to hold about --shuffle_mb of records.
+3. Shuffle. Each record bucket is loaded, shuffled and written round-robin to the
+   output files. Scattering to uniformly random buckets and shuffling each bucket gives
+   a uniformly random order of all the records of all the rounds, as the original's
+   in-memory shuffle does.
+
+Memory is bounded by the chunk and shuffle sizes whatever the corpus size, the work of
+passes 1 and 2 is spread over the worker processes, and the output is byte-identical for
+any --num_workers: every random choice comes from a generator seeded by --random_seed and
+the position of the work in the corpus, and results are collected in corpus order.
+
+TensorFlow is not imported here: records are serialized with the hand-written
+`tf.train.Example` encoder of data_format.py, which keeps start-up fast and the worker
+processes light.
 """
 
 from __future__ import annotations
 
+import array
+import codecs
 import collections
 import concurrent.futures
 import dataclasses
 import glob
 import hashlib
+import heapq
+import itertools
 import json
 import math
 import multiprocessing
 import os
 import random
+import re
+import shutil
 import signal
 import struct
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
-import google_crc32c
-
 import tokenization
 
-# ----------------------------------------------------------------------------------------
-# The record format. This is the single declaration of the feature spec: the reader in
-# input_pipeline.py builds its parsing spec from the same function.
-
-
-def feature_spec(max_seq_length: int, max_predictions_per_seq: int) -> dict[str, tuple[str, int]]:
-    """The TFRecord features of one training instance, as in the original release.
-
-    Args:
-        max_seq_length: Tokens per instance, padding included.
-        max_predictions_per_seq: Masked-LM predictions per instance, padding included.
-
-    Returns:
-        Ordered mapping from feature name to (dtype, length); dtype is "int64" or
-        "float32" (a `tf.train.FloatList`).
-    """
-    return {
-        "input_ids": ("int64", max_seq_length),
-        "input_mask": ("int64", max_seq_length),
-        "segment_ids": ("int64", max_seq_length),
-        "masked_lm_positions": ("int64", max_predictions_per_seq),
-        "masked_lm_ids": ("int64", max_predictions_per_seq),
-        "masked_lm_weights": ("float32", max_predictions_per_seq),
-        "next_sentence_labels": ("int64", 1),
-    }
-
-
-METADATA_FORMAT = "bert-gpu pretraining data"
-METADATA_VERSION = 1
-
-
-def metadata_path(record_path: str) -> str:
-    """The JSON file that describes how the TFRecord file `record_path` was made."""
-    return record_path + ".json"
-
+# The data format lives in data_format.py; these names stay importable from here for the
+# modules that import them from the data script.
+from data_format import (  # noqa: F401 (re-exported)
+    METADATA_FORMAT,
+    METADATA_VERSION,
+    ExampleEncoder,
+    feature_spec,
+    iter_frames,
+    make_metadata,
+    masked_crc32c,
+    metadata_path,
+    tfrecord_frame,
+)
 
 # ----------------------------------------------------------------------------------------
 # Options
@@ -149,6 +146,7 @@ class Vocab:
     cls_id: int
     sep_id: int
     mask_id: int
+    unk_id: int
     is_continuation: Sequence[bool]  # [vocab_size]; True for "##" pieces
 
     @classmethod
@@ -159,6 +157,7 @@ class Vocab:
             cls_id=special[tokenization.CLS],
             sep_id=special[tokenization.SEP],
             mask_id=special[tokenization.MASK],
+            unk_id=special[tokenization.UNK],
             is_continuation=tokenizer.continuation_mask(),
         )
 
@@ -285,6 +284,65 @@ def create_masked_lm_predictions(
     return output, positions, labels
 
 
+class RandomDocuments:
+    """Draws the document that the B segment of a next-sentence negative comes from.
+
+    The draw is uniform over the documents of the slice that belong to another source
+    document than A's (all parts of a cut document are one source; the original draws
+    uniformly over the other documents of the corpus, and a slice is a random sample of
+    them). When the slice has none, it is uniform over the reservoir's documents of
+    another source; only when neither has one (the corpus is a single document) does B
+    come from A's own document, and that is counted.
+
+    Args:
+        documents: The slice's documents; each a list of sentences of token ids.
+        sources: Source document id of each document; None: each its own source.
+        reservoir: Fallback documents: an object with `documents` and `sources` lists
+            (read only when needed), or None.
+    """
+
+    def __init__(self, documents: Sequence[Sequence[list[int]]], sources=None, reservoir=None):
+        self.documents = documents
+        self.sources = sources if sources is not None else range(len(documents))
+        self.reservoir = reservoir
+        self._others: dict[int, list[int]] = {}
+        self._reservoir_sources: set[int] | None = None
+
+    def draw(
+        self, document_index: int, rng: random.Random, stats: collections.Counter | None = None
+    ) -> Sequence[list[int]]:
+        """A random document of another source than `documents[document_index]`.
+
+        Counts "random_next_from_reservoir" and "random_next_same_document" in `stats`.
+        """
+        documents, sources = self.documents, self.sources
+        own = sources[document_index]
+        # Ten tries first, as the original: nearly always enough, and cheap.
+        for _ in range(10):
+            index = rng.randint(0, len(documents) - 1)
+            if sources[index] != own:
+                return documents[index]
+        # Then uniformly among the other sources' documents (still uniform overall).
+        others = self._others.get(own)
+        if others is None:
+            others = self._others[own] = [i for i, s in enumerate(sources) if s != own]
+        if others:
+            return documents[others[rng.randrange(len(others))]]
+        reservoir = self.reservoir
+        if reservoir is not None and self._reservoir_sources is None:
+            self._reservoir_sources = set(reservoir.sources)  # loads the reservoir
+        if reservoir is not None and self._reservoir_sources - {own}:
+            while True:  # at most one entry is `own`: a few tries at most
+                index = rng.randrange(len(reservoir.sources))
+                if reservoir.sources[index] != own:
+                    if stats is not None:
+                        stats["random_next_from_reservoir"] += 1
+                    return reservoir.documents[index]
+        if stats is not None:
+            stats["random_next_same_document"] += 1
+        return documents[document_index]
+
+
 def create_instances_from_document(
     documents: Sequence[Sequence[list[int]]],
     document_index: int,
@@ -292,6 +350,7 @@ def create_instances_from_document(
     vocab: Vocab,
     rng: random.Random,
     stats: collections.Counter | None = None,
+    negatives: RandomDocuments | None = None,
 ) -> list[TrainingInstance]:
     """Builds the instances of one document, as the original release does.
 
@@ -299,24 +358,27 @@ def create_instances_from_document(
     with probability short_seq_prob a random length from 2, drawn once per document);
     the accumulated sentences are split at a random sentence boundary into A and B. Half
     of the time (always when there is a single sentence) B is replaced by a span of a
-    random other document of `documents`, and the sentences that were not used for A are
-    put back to start the next instance.
+    random document of another source (drawn by `negatives`), and the sentences that
+    were not used for A are put back to start the next instance.
 
     Args:
-        documents: Documents of the current chunk; each a list of sentences, each a list
+        documents: Documents of the current slice; each a list of sentences, each a list
             of token ids.
         document_index: Which document to build instances from.
         options: Data options.
         vocab: Special ids and vocabulary facts.
         rng: The random generator.
-        stats: Optional counter for "truncated_pairs", "random_next" and
-            "random_next_same_document" (a negative B that had to come from the same
-            document: only when the chunk holds a single document).
+        stats: Optional counter for "truncated_pairs", "random_next" and the counters
+            of `RandomDocuments.draw`.
+        negatives: Where the B of a negative comes from; by default the other
+            documents of `documents`, each its own source.
 
     Returns:
         The document's instances, in order.
     """
     document = documents[document_index]
+    if negatives is None:
+        negatives = RandomDocuments(documents)
     max_num_tokens = options.max_seq_length - 3
     # Usually fill the whole sequence; sometimes use shorter ones to reduce the mismatch
     # between pretraining and fine-tuning on short inputs.
@@ -342,15 +404,7 @@ def create_instances_from_document(
             is_random_next = len(current_chunk) == 1 or rng.random() < 0.5
             if is_random_next:
                 target_b_length = target_seq_length - len(tokens_a)
-                # Ten tries to draw another document, as the original; a chunk of a
-                # single document falls back to itself.
-                for _ in range(10):
-                    random_index = rng.randint(0, len(documents) - 1)
-                    if random_index != document_index:
-                        break
-                if stats is not None and random_index == document_index:
-                    stats["random_next_same_document"] += 1
-                random_document = documents[random_index]
+                random_document = negatives.draw(document_index, rng, stats)
                 for sentence in random_document[rng.randint(0, len(random_document) - 1) :]:
                     tokens_b.extend(sentence)
                     if len(tokens_b) >= target_b_length:
@@ -378,132 +432,22 @@ def create_instances_from_document(
 
 
 # ----------------------------------------------------------------------------------------
-# Serialization: tf.train.Example protocol buffers and TFRecord framing, by hand.
+# Input: files → documents → chunks.
 
+# A document is cut into parts of chunk_bytes / PARTS_PER_CHUNK at most, so that a
+# document bucket (a random sample of parts) stays near --chunk_mb, and memory stays
+# bounded even for a corpus without blank lines. All parts keep their source document.
+PARTS_PER_CHUNK = 8
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return tag + _varint(len(payload)) + payload
-
-
-class ExampleEncoder:
-    """Serializes TrainingInstances to `tf.train.Example` bytes and TFRecord frames.
-
-    Wire format (proto3): Example{features=1: Features{feature=1: map<string, Feature>}},
-    Feature{float_list=2: FloatList{value=1 packed float}, int64_list=3:
-    Int64List{value=1 packed int64}}. Each map entry is a message {key=1, value=2}.
-    """
-
-    def __init__(self, max_seq_length: int, max_predictions_per_seq: int, vocab_size: int):
-        self.max_seq_length = max_seq_length
-        self.max_predictions = max_predictions_per_seq
-        self.spec = feature_spec(max_seq_length, max_predictions_per_seq)
-        # Varint bytes of every value an int64 feature can hold.
-        self._varints = [_varint(i) for i in range(max(vocab_size, max_seq_length) + 1)]
-        self._zeros = b"\x00" * max(max_seq_length, max_predictions_per_seq)
-        self._ones = b"\x01" * max_seq_length
-        self._float_one = struct.pack("<f", 1.0)
-        self._float_zero = struct.pack("<f", 0.0)
-        self._prefixes: dict[tuple[str, bytes, int], bytes] = {}
-
-    @staticmethod
-    def _entry(name: str, feature: bytes) -> bytes:
-        return _field(b"\x0a", _field(b"\x0a", name.encode()) + _field(b"\x12", feature))
-
-    def _prefixed(self, name: str, kind: bytes, packed: bytes) -> bytes:
-        """The map entry of feature `name` whose packed values are `packed`.
-
-        Everything before the packed values (tags, lengths, the key) depends only on
-        the name, the kind and len(packed), so it is built once per such triple and
-        cached: serialization is then mostly joining precomputed bytes.
-        """
-        key = (name, kind, len(packed))
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            placeholder = b"\x00" * len(packed)
-            entry = self._entry(name, _field(kind, _field(b"\x0a", placeholder)))
-            prefix = self._prefixes[key] = entry[: len(entry) - len(packed)]
-        return prefix + packed
-
-    def serialize(self, instance: TrainingInstance) -> bytes:
-        """Returns the serialized `tf.train.Example` of one instance, padded."""
-        varints = self._varints
-        n = len(instance.token_ids)
-        pad = self.max_seq_length - n
-        k = len(instance.masked_positions)
-        pad_k = self.max_predictions - k
-        num_segment_a = instance.num_a + 2  # [CLS] A [SEP]
-        int64 = b"\x1a"  # Feature.int64_list
-        features = b"".join(
-            (
-                self._prefixed(
-                    "input_ids",
-                    int64,
-                    b"".join([varints[i] for i in instance.token_ids]) + self._zeros[:pad],
-                ),
-                self._prefixed("input_mask", int64, self._ones[:n] + self._zeros[:pad]),
-                self._prefixed(
-                    "segment_ids",
-                    int64,
-                    self._zeros[:num_segment_a]
-                    + self._ones[: n - num_segment_a]
-                    + self._zeros[:pad],
-                ),
-                self._prefixed(
-                    "masked_lm_positions",
-                    int64,
-                    b"".join([varints[i] for i in instance.masked_positions]) + self._zeros[:pad_k],
-                ),
-                self._prefixed(
-                    "masked_lm_ids",
-                    int64,
-                    b"".join([varints[i] for i in instance.masked_ids]) + self._zeros[:pad_k],
-                ),
-                self._prefixed(
-                    "masked_lm_weights",
-                    b"\x12",  # Feature.float_list
-                    self._float_one * k + self._float_zero * pad_k,
-                ),
-                self._prefixed(
-                    "next_sentence_labels", int64, b"\x01" if instance.is_random_next else b"\x00"
-                ),
-            )
-        )
-        size = len(features)
-        return b"\x0a" + (varints[size] if size < len(varints) else _varint(size)) + features
-
-
-def masked_crc32c(data: bytes) -> int:
-    """The TFRecord checksum: CRC-32C, rotated right by 15 bits plus a constant."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord_frame(data: bytes) -> bytes:
-    """One TFRecord: length, masked CRC of the length, data, masked CRC of the data."""
-    length = struct.pack("<Q", len(data))
-    return (
-        length
-        + struct.pack("<I", masked_crc32c(length))
-        + data
-        + struct.pack("<I", masked_crc32c(data))
-    )
-
-
-# ----------------------------------------------------------------------------------------
-# Streaming: input files → documents → chunks → (worker processes) → records.
+# Input whose first TEXT_SAMPLE_BYTES hold more than NON_TEXT_LIMIT of characters that
+# cannot be text (bytes that are not UTF-8, control characters other than whitespace)
+# is refused. Measured (non_text_fraction of the first 64 KB): UTF-8 text 0 (KJV);
+# French and German text dense in accents, saved as Latin-1 (each accented letter an
+# invalid byte, repaired and counted), 6.5% and 8.6%; UTF-16 text 50%; gzip or random
+# bytes 55%; TFRecords of this tool 72-76%; an ELF executable 75%. 25% lies between.
+TEXT_SAMPLE_BYTES = 1 << 16
+NON_TEXT_LIMIT = 0.25
+_NON_TEXT = re.compile("[\x00-\x08\x0e-\x1f\x7f\ufffd]")
 
 
 def expand_input_files(patterns: str | Sequence[str]) -> list[str]:
@@ -534,104 +478,271 @@ def expand_input_files(patterns: str | Sequence[str]) -> list[str]:
     return paths
 
 
+def non_text_fraction(sample: bytes) -> float:
+    """The fraction of the characters of `sample` that cannot be text.
+
+    Counted: each byte that is not part of valid UTF-8 (decoded as U+FFFD) and each
+    control character other than tab, line feed, vertical tab, form feed and carriage
+    return. A multi-byte character cut at the end of the sample is not counted.
+    """
+    # An incremental decoder leaves out a character cut at the end of the sample.
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(sample)
+    if not text:
+        return 0.0
+    return len(_NON_TEXT.findall(text)) / len(text)
+
+
+def check_text_files(paths: Iterable[str]) -> None:
+    """Refuses input files that are mostly not text, naming them.
+
+    Raises:
+        ValueError: naming each file whose first TEXT_SAMPLE_BYTES are more than
+            NON_TEXT_LIMIT non-text, with the fraction found.
+    """
+    problems = []
+    for path in paths:
+        with open(path, "rb") as f:
+            sample = f.read(TEXT_SAMPLE_BYTES)
+        fraction = non_text_fraction(sample)
+        if fraction > NON_TEXT_LIMIT:
+            problems.append(
+                f"{path!r}: {fraction:.0%} of its first {len(sample):,} bytes are not text "
+                "(control bytes or invalid UTF-8)"
+            )
+    if problems:
+        raise ValueError(
+            "input files that are not UTF-8 text:\n  "
+            + "\n  ".join(problems)
+            + "\nexpected plain UTF-8 text, one sentence per line (is it a TFRecord, "
+            "compressed, or in another encoding? convert it with iconv)"
+        )
+
+
 def read_documents(
     paths: Iterable[str], stats: collections.Counter, max_document_bytes: int | None = None
-) -> Iterator[tuple[list[str], int]]:
+) -> Iterator[tuple[list[str], int, int, int]]:
     """Streams documents from text files in the original release's format.
 
     One sentence per line, documents separated by blank lines; a file's end also ends a
     document. Bytes that are not valid UTF-8 are replaced by U+FFFD (which the
     tokenizer drops) and counted in `stats["invalid_utf8_lines"]`. A document longer
-    than `max_document_bytes` is cut into parts of about that size (counted in
-    `stats["documents_split"]`), so that memory stays bounded even for a corpus without
-    blank lines.
+    than `max_document_bytes` is cut into parts of about that size (each cut counted in
+    `stats["documents_split"]`); the parts share their source document's id.
 
     Yields:
-        (document lines, number of bytes read for it).
+        (lines, bytes read for them, source document id, part index within the source
+        document). Source ids count documents from 0 over all files; blank lines after
+        the last document of a file come as a part without lines.
+
+    Raises:
+        ValueError: naming a file of which more than NON_TEXT_LIMIT is not text (NUL
+            bytes, or invalid UTF-8 and control characters in lines that are not
+            UTF-8): binary data that the first-bytes check of `check_text_files` missed.
     """
+    source = -1
     for path in paths:
         document: list[str] = []
         num_bytes = 0
         document_bytes = 0
-        cut = False  # the previous part of this document was cut off at the size limit
+        part = 0
+        in_document = False
+        file_bytes = non_text = invalid = 0
         with open(path, "rb") as f:
             for raw in f:
                 num_bytes += len(raw)
+                file_bytes += len(raw)
                 try:
                     line = raw.decode("utf-8").strip()
+                    non_text += raw.count(0)  # NUL: valid UTF-8, but a sign of binary data
                 except UnicodeDecodeError:
-                    stats["invalid_utf8_lines"] += 1
-                    line = raw.decode("utf-8", errors="replace").strip()
+                    invalid += 1
+                    line = raw.decode("utf-8", errors="replace")
+                    non_text += len(_NON_TEXT.findall(line))
+                    line = line.strip()
                 if line:
-                    stats["documents_split"] += cut
-                    cut = False
+                    if not in_document:
+                        source, part, in_document = source + 1, 0, True
+                    elif not document:
+                        stats["documents_split"] += 1  # the first line of a next part
                     document.append(line)
                     document_bytes += len(raw)
                     if max_document_bytes and document_bytes >= max_document_bytes:
-                        yield document, num_bytes
-                        document, num_bytes, document_bytes, cut = [], 0, 0, True
+                        yield document, num_bytes, source, part
+                        document, num_bytes, document_bytes, part = [], 0, 0, part + 1
                 else:
-                    cut = False
+                    in_document = False
                     if document:
-                        yield document, num_bytes
+                        yield document, num_bytes, source, part
                         document, num_bytes, document_bytes = [], 0, 0
         if document or num_bytes:
-            yield document, num_bytes
-
-
-# A chunk holds at least this many documents, so that next-sentence negatives come from
-# other documents; documents are cut at chunk_bytes / MIN_DOCUMENTS_PER_CHUNK to keep a
-# chunk's size near chunk_bytes.
-MIN_DOCUMENTS_PER_CHUNK = 8
+            yield document, num_bytes, source, part
+        stats["invalid_utf8_lines"] += invalid
+        if non_text > NON_TEXT_LIMIT * file_bytes:
+            raise ValueError(
+                f"{path!r}: {non_text / file_bytes:.0%} of it is not text (control bytes or "
+                "invalid UTF-8); expected plain UTF-8 text, one sentence per line (is it a "
+                "binary file?)"
+            )
 
 
 def iter_chunks(
-    documents: Iterable[tuple[list[str], int]], chunk_bytes: int
-) -> Iterator[tuple[int, list[list[str]], int]]:
-    """Groups documents into chunks of at least `chunk_bytes` of text and at least
-    MIN_DOCUMENTS_PER_CHUNK documents.
-
-    A short remainder at the end of the corpus joins the last chunk rather than forming
-    a chunk of too few documents. Chunk boundaries depend only on the corpus and
-    `chunk_bytes`, never on the number of workers, which is what makes the output
-    independent of --num_workers.
+    parts: Iterable[tuple[list[str], int, int, int]], chunk_bytes: int
+) -> Iterator[tuple[int, list[tuple[int, int, list[str]]], int]]:
+    """Groups document parts into consecutive chunks of at least `chunk_bytes` of text.
 
     Yields:
-        (chunk index, documents, bytes of text).
+        (chunk index, [(source id, part index, lines)], bytes of text).
     """
-    held: tuple[list[list[str]], int] | None = None  # a full chunk, yielded one late
-    chunk: list[list[str]] = []
+    chunk: list[tuple[int, int, list[str]]] = []
     size = 0
     index = 0
-    for document, num_bytes in documents:
-        if document:
-            chunk.append(document)
+    for lines, num_bytes, source, part in parts:
+        if lines:
+            chunk.append((source, part, lines))
         size += num_bytes
-        if size >= chunk_bytes and len(chunk) >= MIN_DOCUMENTS_PER_CHUNK:
-            if held is not None:
-                yield index, *held
-                index += 1
-            held, chunk, size = (chunk, size), [], 0
-    if held is not None and len(chunk) < MIN_DOCUMENTS_PER_CHUNK:
-        held, chunk, size = (held[0] + chunk, held[1] + size), [], 0
-    if held is not None:
-        yield index, *held
-        index += 1
+        if size >= chunk_bytes:
+            yield index, chunk, size
+            index += 1
+            chunk, size = [], 0
     if chunk or size:
         yield index, chunk, size
 
 
-def chunk_rng(random_seed: int, dupe_round: int, chunk_index: int) -> random.Random:
-    """The random generator of one chunk in one round: a function of those and the seed."""
-    return random.Random(f"bert-gpu/{random_seed}/{dupe_round}/{chunk_index}")
+def chunk_rng(random_seed: int, *position) -> random.Random:
+    """The random generator of one piece of work: a function of the seed and `position`.
+
+    Every random choice is drawn from a generator named by the work's place in the
+    corpus (pass, round, chunk), never by the worker that does it, so the output is
+    the same for any number of workers.
+    """
+    return random.Random("bert-gpu/" + "/".join(map(str, (random_seed, *position))))
 
 
-# Counters that describe the corpus rather than the instances: counted in round 0 only.
-CORPUS_STATS = ("lines", "lines_without_tokens", "tokens", "documents", "empty_documents")
+# ----------------------------------------------------------------------------------------
+# Tokenized documents on disk: the document buckets and the reservoir.
+#
+# A document is stored as int64 (source id, number of sentences), int64 sentence lengths
+# and the token ids (uint16 when the vocabulary fits, else uint32), native byte order:
+# these files live only for the run, on the machine that wrote them.
+
+_DOCUMENT_HEADER = struct.Struct("<qq")
+
+
+def token_typecode(vocab_size: int) -> str:
+    """The `array` type of the token ids of a vocabulary of `vocab_size` tokens."""
+    return "H" if vocab_size <= 1 << 16 else "I"
+
+
+def encode_document(source: int, sentences: Sequence[Sequence[int]], typecode: str) -> bytes:
+    """One tokenized document in the document-bucket format."""
+    return (
+        _DOCUMENT_HEADER.pack(source, len(sentences))
+        + array.array("q", map(len, sentences)).tobytes()
+        + array.array(typecode, itertools.chain.from_iterable(sentences)).tobytes()
+    )
+
+
+def decode_documents(buffer: bytes, typecode: str) -> tuple[list[list[list[int]]], list[int]]:
+    """Reads back concatenated `encode_document`s.
+
+    Returns:
+        (documents: each a list of sentences of token ids, their source ids).
+    """
+    itemsize = array.array(typecode).itemsize
+    documents, sources = [], []
+    offset = 0
+    view = memoryview(buffer)
+    while offset < len(buffer):
+        source, num_sentences = _DOCUMENT_HEADER.unpack_from(buffer, offset)
+        offset += _DOCUMENT_HEADER.size
+        # (array(typecode, memoryview) would read the bytes as values: use frombytes.)
+        lengths = array.array("q")
+        lengths.frombytes(view[offset : offset + 8 * num_sentences])
+        offset += 8 * num_sentences
+        total = sum(lengths)
+        ids = array.array(typecode)
+        ids.frombytes(view[offset : offset + itemsize * total])
+        ids = ids.tolist()
+        offset += itemsize * total
+        document, start = [], 0
+        for length in lengths:
+            document.append(ids[start : start + length])
+            start += length
+        documents.append(document)
+        sources.append(source)
+    return documents, sources
+
+
+# The reservoir holds one stretch of text of this many source documents, drawn uniformly
+# among the corpus's documents (each document one chance, as the original draws the
+# document of a negative). It is the fallback source of next-sentence negatives for a
+# slice that holds no other document; 1,000 stretches of at most max_seq_length tokens
+# are a few MB at most, loaded only by a worker that needs them.
+RESERVOIR_DOCUMENTS = 1000
+
+
+class Reservoir:
+    """The reservoir of source documents, loaded from its file when first needed."""
+
+    def __init__(self, path: str, typecode: str):
+        self.path = path
+        self.typecode = typecode
+        self._documents: list[list[list[int]]] | None = None
+        self._sources: list[int] = []
+
+    def _load(self) -> None:
+        if self._documents is None:
+            with open(self.path, "rb") as f:
+                self._documents, self._sources = decode_documents(f.read(), self.typecode)
+
+    @property
+    def documents(self) -> list[list[list[int]]]:
+        self._load()
+        return self._documents
+
+    @property
+    def sources(self) -> list[int]:
+        self._load()
+        return self._sources
+
+
+class ReservoirSample:
+    """Keeps the RESERVOIR_DOCUMENTS candidates of smallest key (the main process's side).
+
+    Each source document gets a uniform random key from its chunk's generator; the
+    documents of the smallest keys are a uniform sample of the documents, fixed by the
+    seed alone. Workers send only candidates below `threshold`, the largest kept key.
+    """
+
+    def __init__(self, capacity: int = RESERVOIR_DOCUMENTS):
+        self.capacity = capacity
+        self._heap: list[tuple[float, int, bytes]] = []  # (-key, source, document)
+
+    @property
+    def threshold(self) -> float:
+        return -self._heap[0][0] if len(self._heap) >= self.capacity else 1.0
+
+    def offer(self, key: float, source: int, document: bytes) -> None:
+        item = (-key, source, document)
+        if len(self._heap) < self.capacity:
+            heapq.heappush(self._heap, item)
+        elif key < -self._heap[0][0]:
+            heapq.heapreplace(self._heap, item)
+
+    def write(self, path: str) -> int:
+        """Writes the kept documents (in source order); returns how many."""
+        with open(path, "wb") as f:
+            for _, _, document in sorted(self._heap, key=lambda item: item[1]):
+                f.write(document)
+        return len(self._heap)
+
+
+# ----------------------------------------------------------------------------------------
+# Workers: pass 1 (tokenize, scatter documents) and pass 2 (instances, scatter records).
 
 
 class ChunkWorker:
-    """Tokenizes a chunk of documents and turns it into serialized TFRecords."""
+    """The work of one worker process: tokenizing chunks and turning slices into records."""
 
     def __init__(self, tokenizer_spec: TokenizerSpec, options: DataOptions):
         self.tokenizer = tokenizer_spec.build()
@@ -640,42 +751,129 @@ class ChunkWorker:
         self.encoder = ExampleEncoder(
             options.max_seq_length, options.max_predictions_per_seq, self.vocab.size
         )
+        self.typecode = token_typecode(self.vocab.size)
+        self._reservoirs: dict[str, Reservoir] = {}
+
+    def tokenize_document(self, lines: list[str], stats: collections.Counter) -> list[list[int]]:
+        """Lines → token ids; lines without tokens are dropped (and counted)."""
+        document = [ids for ids in map(self.tokenizer.tokenize_to_ids, lines) if ids]
+        unk = self.vocab.unk_id
+        stats["lines"] += len(lines)
+        stats["lines_without_tokens"] += len(lines) - len(document)
+        stats["tokens"] += sum(map(len, document))
+        stats["unknown_tokens"] += sum(ids.count(unk) for ids in document)
+        return document
 
     def tokenize_documents(
         self, raw_documents: list[list[str]], stats: collections.Counter
     ) -> list[list[list[int]]]:
-        """Lines → token ids; lines without tokens and then-empty documents are dropped."""
-        tokenize = self.tokenizer.tokenize_to_ids
-        documents = []
-        for raw in raw_documents:
-            document = [ids for ids in map(tokenize, raw) if ids]
-            stats["lines"] += len(raw)
-            stats["lines_without_tokens"] += len(raw) - len(document)
-            stats["tokens"] += sum(map(len, document))
-            if document:
-                documents.append(document)
-            else:
-                stats["empty_documents"] += 1
-        stats["documents"] += len(documents)
-        return documents
+        """Tokenizes documents; those left without tokens are dropped."""
+        return [d for d in (self.tokenize_document(r, stats) for r in raw_documents) if d]
 
-    def process(self, dupe_round: int, chunk_index: int, raw_documents: list[list[str]]):
-        """One round of one chunk: (framed TFRecords of its shuffled instances, stats)."""
+    def tokenize_chunk(
+        self,
+        chunk_index: int,
+        parts: list[tuple[int, int, list[str]]],
+        num_buckets: int,
+        reservoir_below: float,
+    ):
+        """Pass 1 for one chunk: tokenizes its document parts and scatters them.
+
+        Args:
+            chunk_index: The chunk's place in the corpus (seeds its generator).
+            parts: (source id, part index, lines) of each document part.
+            num_buckets: Number of document buckets.
+            reservoir_below: Send reservoir candidates whose key is below this.
+
+        Returns:
+            ({bucket: (encoded documents, bytes of text)}, [(key, source, encoded
+            stretch)] reservoir candidates, stats).
+        """
         stats: collections.Counter = collections.Counter()
-        documents = self.tokenize_documents(raw_documents, stats)
-        rng = chunk_rng(self.options.random_seed, dupe_round, chunk_index)
+        rng = chunk_rng(self.options.random_seed, "documents", chunk_index)
+        max_num_tokens = self.options.max_seq_length - 3
+        blobs: dict[int, list[bytes]] = collections.defaultdict(list)
+        text_bytes: collections.Counter = collections.Counter()
+        candidates = []
+        for source, part, lines in parts:
+            document = self.tokenize_document(lines, stats)
+            if not document:
+                stats["empty_documents"] += part == 0
+                continue
+            stats["document_parts"] += 1
+            stats["documents"] += part == 0
+            bucket = rng.randrange(num_buckets)
+            blobs[bucket].append(encode_document(source, document, self.typecode))
+            text_bytes[bucket] += sum(map(len, lines))
+            if part == 0:
+                key = rng.random()
+                if key < reservoir_below:
+                    # A stretch from a random sentence on, enough for any segment B.
+                    stretch, length = [], 0
+                    for sentence in document[rng.randrange(len(document)) :]:
+                        stretch.append(sentence[:max_num_tokens])
+                        length += len(stretch[-1])
+                        if length >= max_num_tokens:
+                            break
+                    candidates.append(
+                        (key, source, encode_document(source, stretch, self.typecode))
+                    )
+        return (
+            {b: (b"".join(blob), text_bytes[b]) for b, blob in blobs.items()},
+            candidates,
+            stats,
+        )
+
+    def _reservoir(self, path: str) -> Reservoir:
+        if path not in self._reservoirs:
+            self._reservoirs = {path: Reservoir(path, self.typecode)}
+        return self._reservoirs[path]
+
+    def make_records(
+        self,
+        dupe_round: int,
+        slice_index: int,
+        path: str,
+        start: int,
+        end: int,
+        reservoir_path: str,
+        num_buckets: int,
+    ):
+        """Pass 2 for one slice of a document bucket in one round.
+
+        Loads the slice, shuffles its documents, builds their instances and scatters the
+        framed records over the record buckets.
+
+        Returns:
+            ([framed records of bucket k, concatenated] for k < num_buckets, stats).
+        """
+        stats: collections.Counter = collections.Counter()
+        with open(path, "rb") as f:
+            f.seek(start)
+            documents, sources = decode_documents(f.read(end - start), self.typecode)
+        seed = self.options.random_seed
+        rng = chunk_rng(seed, dupe_round, slice_index)
+        order = list(range(len(documents)))
+        rng.shuffle(order)  # the original shuffles documents before building instances
+        documents = [documents[i] for i in order]
+        sources = [sources[i] for i in order]
+        negatives = RandomDocuments(documents, sources, self._reservoir(reservoir_path))
         instances: list[TrainingInstance] = []
         for document_index in range(len(documents)):
             instances.extend(
                 create_instances_from_document(
-                    documents, document_index, self.options, self.vocab, rng, stats
+                    documents, document_index, self.options, self.vocab, rng, stats, negatives
                 )
             )
-        rng.shuffle(instances)
         stats["instances"] += len(instances)
         stats["masked_tokens"] += sum(len(x.masked_positions) for x in instances)
+        # A generator of its own: the instances do not depend on the number of buckets.
+        scatter = chunk_rng(seed, "records", dupe_round, slice_index).randrange
+        buckets: list[list[bytes]] = [[] for _ in range(num_buckets)]
         serialize = self.encoder.serialize
-        return [tfrecord_frame(serialize(x)) for x in instances], stats
+        for instance in instances:
+            buckets[scatter(num_buckets)].append(tfrecord_frame(serialize(instance)))
+        return [b"".join(bucket) for bucket in buckets], stats
 
 
 _WORKER: ChunkWorker | None = None  # one per worker process, built by its initializer
@@ -684,58 +882,169 @@ _WORKER: ChunkWorker | None = None  # one per worker process, built by its initi
 def _init_worker(tokenizer_spec: TokenizerSpec, options: DataOptions) -> None:
     global _WORKER
     # Ctrl-C reaches the whole process group; the main process handles it (stops the
-    # pool, removes the temporary outputs), so the workers ignore it.
+    # pool, removes the temporary files), so the workers ignore it. They start with
+    # SIGINT blocked (see Workers._submit), so one that arrives before this line is
+    # discarded here rather than killing a worker during start-up.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _WORKER = ChunkWorker(tokenizer_spec, options)
 
 
-def _process_chunk(dupe_round: int, chunk_index: int, raw_documents: list[list[str]]):
-    return _WORKER.process(dupe_round, chunk_index, raw_documents)
+def _run_in_worker(method: str, args: tuple):
+    return getattr(_WORKER, method)(*args)
 
 
-def _processed_chunks(tasks, tokenizer_spec, options, num_workers):
-    """Processes (round, chunk index, documents, bytes) tasks; yields results in order.
+class Workers:
+    """Runs ChunkWorker methods over tasks in worker processes; results come in order.
 
-    Yields:
-        (round, bytes of text, records, stats). At most 2 × num_workers chunks are in
-        flight, so memory stays bounded however large the corpus is.
+    With one worker the work is done in this process. At most 2 × num_workers tasks are
+    in flight, so memory stays bounded however many tasks there are.
     """
-    if num_workers <= 1:
-        worker = ChunkWorker(tokenizer_spec, options)
-        for dupe_round, index, documents, size in tasks:
-            yield (dupe_round, size, *worker.process(dupe_round, index, documents))
-        return
-    # "spawn": workers must not inherit a parent that may have TensorFlow's threads. A
-    # ProcessPoolExecutor (unlike multiprocessing.Pool) notices a worker that dies, e.g.
-    # killed for lack of memory, instead of waiting for its result forever.
-    pool = concurrent.futures.ProcessPoolExecutor(
-        num_workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(tokenizer_spec, options),
-    )
-    try:
+
+    def __init__(self, tokenizer_spec: TokenizerSpec, options: DataOptions, num_workers: int):
+        self.num_workers = num_workers
+        self._local = ChunkWorker(tokenizer_spec, options) if num_workers <= 1 else None
+        self._pool = None
+        if num_workers > 1:
+            # "spawn": workers must not inherit a parent that may have TensorFlow's
+            # threads. A ProcessPoolExecutor (unlike multiprocessing.Pool) notices a
+            # worker that dies, e.g. killed for lack of memory, instead of waiting for
+            # its result forever.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                num_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(tokenizer_spec, options),
+            )
+
+    def _submit(self, method: str, args: tuple) -> concurrent.futures.Future:
+        # Worker processes are started inside submit(). They inherit this thread's
+        # signal mask: with SIGINT blocked they cannot be killed by a Ctrl-C before
+        # _init_worker makes them ignore it. Here a Ctrl-C is only delayed.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return self._pool.submit(_run_in_worker, method, args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def map(self, method: str, tasks: Iterable[tuple]) -> Iterator:
+        """Yields `ChunkWorker.<method>(*task)` for each task, in the order of the tasks."""
+        if self._local is not None:
+            for task in tasks:
+                yield getattr(self._local, method)(*task)
+            return
         pending: collections.deque = collections.deque()
-        for dupe_round, index, documents, size in tasks:
-            future = pool.submit(_process_chunk, dupe_round, index, documents)
-            pending.append((dupe_round, size, future))
-            if len(pending) >= 2 * num_workers:
-                dupe_round, size, future = pending.popleft()
-                yield (dupe_round, size, *future.result())
-        while pending:
-            dupe_round, size, future = pending.popleft()
-            yield (dupe_round, size, *future.result())
-    except concurrent.futures.process.BrokenProcessPool as e:
-        raise RuntimeError(
-            "a worker process died (killed by the system, perhaps for lack of memory); "
-            "try fewer --num_workers or a smaller --chunk_mb"
-        ) from e
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            for task in tasks:
+                pending.append(self._submit(method, task))
+                if len(pending) >= 2 * self.num_workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except concurrent.futures.process.BrokenProcessPool as e:
+            raise RuntimeError(
+                "a worker process died (killed by the system, perhaps for lack of memory); "
+                "try fewer --num_workers or a smaller --chunk_mb"
+            ) from e
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # ----------------------------------------------------------------------------------------
-# Output: every file is written under a temporary name and renamed when complete.
+# Temporary files: buckets, and the outputs under temporary names until complete.
+
+# At most this many bucket files are open at once (document buckets in pass 1, record
+# buckets in pass 2), well under the usual limit of 1,024 open files. A corpus that
+# needs more record buckets gets larger ones, which pass 3 splits again.
+MAX_DOCUMENT_BUCKETS = 256
+MAX_RECORD_BUCKETS = 512
+
+
+class BucketFiles:
+    """`count` temporary files in `directory`, filled by appending."""
+
+    def __init__(self, directory: str, name: str, count: int):
+        self.paths = [os.path.join(directory, f"{name}-{i:05d}") for i in range(count)]
+        self.sizes = [0] * count
+        self.files = []
+        for path in self.paths:
+            self.files.append(open(path, "wb"))  # noqa: SIM115 (closed in close())
+
+    def append(self, index: int, data: bytes) -> None:
+        self.files[index].write(data)
+        self.sizes[index] += len(data)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def remove(self) -> None:
+        self.close()
+        for path in self.paths:
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _file_frames(f) -> Iterator[bytes]:
+    """The framed TFRecords of an open file, one by one (for files too large to load)."""
+    while header := f.read(12):
+        (length,) = struct.unpack_from("<Q", header)
+        yield header + f.read(length + 4)
+
+
+def shuffle_records(path: str, rng: random.Random, limit_bytes: int, write, depth: int = 0) -> None:
+    """Pass 3 for one record bucket: writes its framed records in a random order.
+
+    A bucket of at most `limit_bytes` is loaded and shuffled in memory. A larger one
+    (the size estimate was low, or the corpus needs more buckets than may be open at
+    once) is first scattered into smaller buckets, each then shuffled: the order is
+    uniformly random either way.
+
+    Args:
+        path: The bucket file; removed when done.
+        rng: The bucket's random generator.
+        limit_bytes: The memory budget (--shuffle_mb).
+        write: Called with lists of records, in order.
+    """
+    size = os.path.getsize(path)
+    if size > limit_bytes and depth < 3:
+        count = min(math.ceil(size / limit_bytes) + 1, MAX_RECORD_BUCKETS)
+        smaller = BucketFiles(os.path.dirname(path), os.path.basename(path) + "-split", count)
+        try:
+            with open(path, "rb") as f:
+                for record in _file_frames(f):
+                    smaller.append(rng.randrange(count), record)
+            smaller.close()
+            os.remove(path)
+            for smaller_path in smaller.paths:
+                shuffle_records(smaller_path, rng, limit_bytes, write, depth + 1)
+        finally:
+            smaller.remove()
+        return
+    with open(path, "rb") as f:
+        buffer = f.read()
+    starts = array.array("q", (start for start, _ in iter_frames(buffer, path)))
+    starts.append(len(buffer))
+    order = list(range(len(starts) - 1))
+    rng.shuffle(order)
+    view = memoryview(buffer)
+    batch = 8192  # records per write call: bounded extra memory for the views
+    for i in range(0, len(order), batch):
+        write([view[starts[j] : starts[j + 1]] for j in order[i : i + batch]])
+    del view
+    os.remove(path)
 
 
 def _temp_prefix(path: str) -> str:
@@ -755,7 +1064,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RecordFiles:
-    """The output TFRecord files, filled round-robin, committed all at once."""
+    """The output TFRecord files, filled round-robin, committed all at once.
+
+    Everything a run writes lives under hidden temporary names holding its process id
+    until the commit: `.F.tmp-PID` for each output F, `.F.tmp-PID.json` for its metadata
+    and the work directory `.F0.tmp-PID.work/` (the buckets) beside the first output.
+    """
 
     def __init__(self, paths: Sequence[str], log=None):
         if len(set(map(os.path.abspath, paths))) != len(paths):
@@ -768,13 +1082,16 @@ class RecordFiles:
         self.files = []
         self.counts = [0] * len(paths)
         self._next = 0
+        self.work_dir = _temp_prefix(self.paths[0]) + f"{os.getpid()}.work"
         try:
             for path in self.paths:
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
                 self._remove_stale_temporaries(path, log)
                 temp = _temp_prefix(path) + str(os.getpid())
-                self.files.append(open(temp, "wb"))  # noqa: SIM115 (closed in commit/abort)
                 self.temp_paths.append(temp)
+                self.files.append(open(temp, "wb"))  # noqa: SIM115 (closed in commit/abort)
+            path = self.work_dir
+            os.mkdir(self.work_dir)
         except OSError as e:
             self.abort()
             raise OSError(
@@ -784,25 +1101,35 @@ class RecordFiles:
 
     @staticmethod
     def _remove_stale_temporaries(path: str, log) -> None:
-        """Deletes temporary outputs that killed runs (SIGKILL) left behind for `path`."""
-        for leftover in glob.glob(glob.escape(_temp_prefix(path)) + "*"):
-            pid = leftover.rsplit("-", 1)[-1].removesuffix(".json")
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                os.remove(leftover)
+        """Deletes what killed runs (SIGKILL) left behind for `path`."""
+        prefix = _temp_prefix(path)
+        for leftover in glob.glob(glob.escape(prefix) + "*"):
+            pid = re.match(r"\d+", leftover[len(prefix) :])
+            if pid and not _pid_alive(int(pid.group())):
+                if os.path.isdir(leftover):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    os.remove(leftover)
                 if log is not None:
                     print(f"removed {leftover}, left by a killed run", file=log)
 
-    def write(self, record: bytes) -> None:
-        self.files[self._next].write(record)
-        self.counts[self._next] += 1
-        self._next = (self._next + 1) % len(self.files)
+    def write(self, records: Sequence[bytes]) -> None:
+        """Appends framed records, record i to the file after the one of record i-1."""
+        n = len(self.files)
+        for k in range(min(n, len(records))):
+            f = (self._next + k) % n
+            mine = records[k::n]
+            self.files[f].write(b"".join(mine))
+            self.counts[f] += len(mine)
+        self._next = (self._next + len(records)) % n
 
     def commit(self, metadata: dict) -> None:
         """Closes the files, moves them to their final names and writes their metadata.
 
-        Every metadata file is written (under a temporary name) before anything is
-        renamed, and SIGINT/SIGTERM are held off during the renames, so a run never
-        leaves a record file beside a stale or missing F.json.
+        Every metadata file is written under a temporary name first; then, with
+        SIGINT/SIGTERM held off, the previous outputs are removed, the metadata files
+        renamed, and last the record files: a record file under its final name always
+        has its own metadata beside it, never an older one.
         """
         for f in self.files:
             f.close()
@@ -813,14 +1140,18 @@ class RecordFiles:
         held = {signal.SIGINT, signal.SIGTERM}
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
+            for path in self.paths:
+                for old in (path, metadata_path(path)):
+                    if os.path.lexists(old):
+                        os.remove(old)
             for path, temp in zip(self.paths, self.temp_paths):
-                if os.path.exists(metadata_path(path)):
-                    os.remove(metadata_path(path))  # never pair new records with old metadata
-                os.replace(temp, path)
                 os.replace(temp + ".json", metadata_path(path))
+            for path, temp in zip(self.paths, self.temp_paths):
+                os.replace(temp, path)
             self.temp_paths = []
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def abort(self) -> None:
         """Closes and deletes the temporary files; nothing appears under a final name."""
@@ -831,6 +1162,7 @@ class RecordFiles:
                 if os.path.exists(leftover):
                     os.remove(leftover)
         self.temp_paths = []
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 def file_sha256(path: str) -> str:
@@ -849,6 +1181,88 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+# A vocabulary that fits the text leaves few tokens unknown: the released uncased BERT
+# vocabulary with lower-casing leaves 0.0005% of the King James Bible's tokens [UNK]
+# (2 of ~1.15M; that text is English, with archaic words). With --nodo_lower_case the
+# same vocabulary leaves about 13% unknown (every capitalised word not in the vocabulary
+# as such). 1% is far above the first and far below the second; a corpus above it is
+# worth a look whatever the cause (casing, another language or script, a wrong file).
+UNKNOWN_TOKEN_WARNING = 0.01
+
+
+def _has_upper_case_tokens(tokenizer) -> bool:
+    """Whether any ordinary token of the vocabulary has upper-case letters (a cased one)."""
+    for token in tokenizer.convert_ids_to_tokens(range(tokenizer.vocab_size)):
+        if token[:1] in "[<" and token[-1:] in "]>":  # [CLS], [unused0], <unk>, ...
+            continue
+        if token != token.lower():
+            return True
+    return False
+
+
+def unknown_token_advice(tokenizer, do_lower_case: bool) -> str:
+    """What to check when too many tokens are [UNK], knowing the vocabulary's casing."""
+    cased_vocabulary = _has_upper_case_tokens(tokenizer)
+    if not do_lower_case and not cased_vocabulary:
+        return (
+            "the vocabulary has no upper-case tokens (an uncased vocabulary) but "
+            "--nodo_lower_case keeps the text's case: use --do_lower_case"
+        )
+    return (
+        "check the casing flag against the vocabulary (--do_lower_case for an uncased "
+        "vocabulary, --nodo_lower_case for a cased one) and that the vocabulary covers "
+        "the corpus's language and script"
+    )
+
+
+def record_bucket_count(
+    stats: collections.Counter, options: DataOptions, vocab: Vocab, shuffle_bytes: int
+) -> int:
+    """How many record buckets pass 2 fills, for buckets of at most about shuffle_bytes.
+
+    The records' size is estimated from pass 1's counts, erring on the large side: an
+    instance takes about 0.8 max_num_tokens tokens of text on corpora of long documents
+    (KJV, max_seq_length 128: 104 of 125), so half of max_num_tokens per instance, plus
+    one instance per document part for short documents, and every record as long as the
+    largest possible one. Too many buckets only means smaller ones; a bucket that still
+    outgrows the budget is split again in pass 3.
+    """
+    max_num_tokens = options.max_seq_length - 3
+    per_round = stats["tokens"] / (max_num_tokens / 2) + stats["document_parts"]
+    largest = TrainingInstance(
+        token_ids=[vocab.size - 1] * options.max_seq_length,
+        num_a=1,
+        masked_positions=[options.max_seq_length - 1] * options.max_predictions_per_seq,
+        masked_ids=[vocab.size - 1] * options.max_predictions_per_seq,
+        is_random_next=True,
+    )
+    encoder = ExampleEncoder(options.max_seq_length, options.max_predictions_per_seq, vocab.size)
+    record_bytes = len(tfrecord_frame(encoder.serialize(largest)))
+    estimate = per_round * options.dupe_factor * record_bytes
+    return max(1, min(MAX_RECORD_BUCKETS, math.ceil(estimate / shuffle_bytes)))
+
+
+class _Progress:
+    """Progress lines every `seconds`, with a rate and an ETA for the current pass."""
+
+    def __init__(self, say, seconds: float):
+        self.say = say
+        self.seconds = seconds
+
+    def start(self, total: float) -> None:
+        self.begin = self.last = time.time()
+        self.total = total
+
+    def update(self, done: float, message: str) -> None:
+        now = time.time()
+        if now - self.last < self.seconds:
+            return
+        self.last = now
+        rate = done / max(now - self.begin, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else math.inf
+        self.say(f"  {message}, ETA {format_duration(eta)}")
+
+
 def create_pretraining_data(
     input_files: str | Sequence[str],
     output_files: str | Sequence[str],
@@ -856,6 +1270,7 @@ def create_pretraining_data(
     options: DataOptions,
     num_workers: int = 1,
     chunk_bytes: int = 1 << 20,
+    shuffle_bytes: int = 64 << 20,
     log=sys.stderr,
     progress_seconds: float = 5.0,
 ) -> dict:
@@ -863,21 +1278,23 @@ def create_pretraining_data(
 
     Args:
         input_files: Comma-separated globs, or a list of globs.
-        output_files: Comma-separated paths, or a list; instances are spread
-            round-robin over them.
+        output_files: Comma-separated paths, or a list; the shuffled instances are
+            spread round-robin over them.
         tokenizer_spec: Which vocabulary or SentencePiece model to use.
         options: How instances are built.
         num_workers: Worker processes (1: work in this process).
-        chunk_bytes: Text per chunk; see the module docstring.
+        chunk_bytes: Text per chunk and per document slice; see the module docstring.
+        shuffle_bytes: Records held in memory at once by the global shuffle (about).
         log: Where progress and the summary go (None: silent).
         progress_seconds: Interval between progress lines.
 
     Returns:
-        A summary: instances per file, elapsed seconds and the counters.
+        A summary: instances per file, elapsed seconds, the [UNK] rate and the counters.
 
     Raises:
         FileNotFoundError: for missing or unreadable input files.
-        ValueError: for an empty corpus or a vocabulary lacking special tokens.
+        ValueError: for input that is not text, an empty corpus, a vocabulary lacking
+            special tokens, or out-of-range sizes.
         OSError: if an output file cannot be written.
     """
     start = time.time()
@@ -888,15 +1305,17 @@ def create_pretraining_data(
         raise ValueError("--output_file is empty: give one or more comma-separated paths")
     if chunk_bytes <= 0:
         raise ValueError(f"--chunk_mb must make a positive number of bytes, got {chunk_bytes}")
+    if shuffle_bytes <= 0:
+        raise ValueError(f"--shuffle_mb must make a positive number of bytes, got {shuffle_bytes}")
     if num_workers < 1:
         raise ValueError(
             f"--num_workers={num_workers}: expected at least 1 (0 on the "
             "command line means one per CPU core)"
         )
+    check_text_files(paths)
     tokenizer = tokenizer_spec.build()
     vocab = Vocab.from_tokenizer(tokenizer)  # raises if special tokens are missing
     total_bytes = sum(os.path.getsize(p) for p in paths)
-    total_work = max(total_bytes * options.dupe_factor, 1)
 
     def say(message: str) -> None:
         if log is not None:
@@ -907,102 +1326,183 @@ def create_pretraining_data(
         f"vocabulary {tokenizer_spec.path} ({vocab.size} tokens); {num_workers} worker(s); "
         f"max_seq_length={options.max_seq_length} dupe_factor={options.dupe_factor}"
     )
+    progress = _Progress(say, progress_seconds)
     stats: collections.Counter = collections.Counter()
-    outputs = RecordFiles(output_files, log)
-
-    def tasks():
-        # Each dupe round is a full pass over the corpus (read again, so memory stays
-        # bounded), as in the original, where the copies of a sentence are spread over
-        # the whole output rather than clustered around their first appearance.
-        for dupe_round in range(options.dupe_factor):
-            round_stats = stats if dupe_round == 0 else collections.Counter()
-            documents = read_documents(
-                paths, round_stats, max(chunk_bytes // MIN_DOCUMENTS_PER_CHUNK, 1)
-            )
-            for index, chunk, size in iter_chunks(documents, chunk_bytes):
-                yield dupe_round, index, chunk, size
-
+    outputs = None
     try:
-        done_bytes = 0
-        last_report = time.time()
-        for dupe_round, size, records, chunk_stats in _processed_chunks(
-            tasks(), tokenizer_spec, options, num_workers
-        ):
-            for record in records:
-                outputs.write(record)
-            if dupe_round > 0:
-                for key in CORPUS_STATS:
-                    chunk_stats.pop(key, None)
-            stats.update(chunk_stats)
-            done_bytes += size
-            now = time.time()
-            if now - last_report >= progress_seconds:
-                last_report = now
-                rate = done_bytes / max(now - start, 1e-9)
-                eta = (total_work - done_bytes) / max(rate, 1e-9)
-                say(
-                    f"  round {dupe_round + 1}/{options.dupe_factor}: "
-                    f"{stats['documents']:,} documents, "
-                    f"{stats['instances']:,} instances, {done_bytes / 1e6:.1f}/"
-                    f"{total_work / 1e6:.1f} MB ({rate / 1e6:.2f} MB/s), "
-                    f"ETA {format_duration(eta)}"
-                )
-        if stats["instances"] == 0:
-            raise ValueError(
-                "the corpus produced no training instances: the input files "
-                f"({', '.join(paths)}) contain no text the tokenizer turns into tokens"
+        outputs = RecordFiles(output_files, log)
+        work = outputs.work_dir
+        with Workers(tokenizer_spec, options, num_workers) as workers:
+            # Pass 1: tokenize, scatter the documents, sample the reservoir.
+            num_document_buckets = max(
+                1, min(MAX_DOCUMENT_BUCKETS, math.ceil(total_bytes / chunk_bytes))
             )
-        metadata = {
-            "format": METADATA_FORMAT,
-            "version": METADATA_VERSION,
-            "created_by": "create_pretraining_data.py",
-            "feature_spec": feature_spec(options.max_seq_length, options.max_predictions_per_seq),
+            say(
+                f"pass 1/3: tokenizing {total_bytes / 1e6:.2f} MB into "
+                f"{num_document_buckets} document bucket(s)"
+            )
+            document_buckets = BucketFiles(work, "documents", num_document_buckets)
+            reservoir = ReservoirSample()
+            # Each bucket is cut into slices of about chunk_bytes of text: (bucket, start, end).
+            slices: list[tuple[int, int, int]] = []
+            slice_start = [0] * num_document_buckets
+            slice_text = [0] * num_document_buckets
+            parts = read_documents(paths, stats, max(chunk_bytes // PARTS_PER_CHUNK, 1))
+            chunks = iter_chunks(parts, chunk_bytes)
+            sizes = {}
+
+            def pass1_tasks():
+                for index, chunk, size in chunks:
+                    sizes[index] = size
+                    yield index, chunk, num_document_buckets, reservoir.threshold
+
+            progress.start(total_bytes)
+            done = 0
+            for index, (blobs, candidates, chunk_stats) in enumerate(
+                workers.map("tokenize_chunk", pass1_tasks())
+            ):
+                for bucket, (blob, text) in sorted(blobs.items()):
+                    document_buckets.append(bucket, blob)
+                    slice_text[bucket] += text
+                    if slice_text[bucket] >= chunk_bytes:
+                        end = document_buckets.sizes[bucket]
+                        slices.append((bucket, slice_start[bucket], end))
+                        slice_start[bucket], slice_text[bucket] = end, 0
+                for key, source, document in candidates:
+                    reservoir.offer(key, source, document)
+                stats.update(chunk_stats)
+                done += sizes.pop(index)
+                progress.update(
+                    done,
+                    f"tokenizing: {done / 1e6:.1f}/{total_bytes / 1e6:.1f} MB, "
+                    f"{stats['documents']:,} documents",
+                )
+            document_buckets.close()
+            for bucket in range(num_document_buckets):
+                end = document_buckets.sizes[bucket]
+                if end == slice_start[bucket]:
+                    continue
+                previous = [i for i, s in enumerate(slices) if s[0] == bucket]
+                if previous and slice_text[bucket] < chunk_bytes // 2:
+                    slices[previous[-1]] = (bucket, slices[previous[-1]][1], end)  # a tail
+                else:
+                    slices.append((bucket, slice_start[bucket], end))
+            slices.sort()
+            if stats["tokens"] == 0:
+                raise ValueError(
+                    "the corpus produced no training instances: the input files "
+                    f"({', '.join(paths)}) contain no text the tokenizer turns into tokens"
+                )
+            unknown_rate = stats["unknown_tokens"] / stats["tokens"]
+            reservoir_path = os.path.join(work, "reservoir")
+            reservoir.write(reservoir_path)
+
+            # Pass 2: instances of every round, scattered over the record buckets.
+            num_record_buckets = record_bucket_count(stats, options, vocab, shuffle_bytes)
+            say(
+                f"pass 2/3: {options.dupe_factor} round(s) of instances from {len(slices)} "
+                f"document slice(s) into {num_record_buckets} record bucket(s)"
+            )
+            record_buckets = BucketFiles(work, "records", num_record_buckets)
+            tasks = [
+                (dupe_round, index, document_buckets.paths[bucket], begin, end,
+                 reservoir_path, num_record_buckets)
+                for dupe_round in range(options.dupe_factor)
+                for index, (bucket, begin, end) in enumerate(slices)
+            ]  # fmt: skip
+            progress.start(len(tasks))
+            for done, (blobs, chunk_stats) in enumerate(workers.map("make_records", tasks), 1):
+                for bucket, blob in enumerate(blobs):
+                    if blob:
+                        record_buckets.append(bucket, blob)
+                stats.update(chunk_stats)
+                dupe_round = (done - 1) // len(slices)
+                progress.update(
+                    done,
+                    f"instances: round {dupe_round + 1}/{options.dupe_factor}, "
+                    f"{stats['instances']:,} instances",
+                )
+            record_buckets.close()
+        document_buckets.remove()
+
+        # Pass 3: each record bucket shuffled into the outputs.
+        record_bytes = sum(record_buckets.sizes)
+        say(
+            f"pass 3/3: shuffling {stats['instances']:,} instances ({record_bytes / 1e6:.1f} MB) "
+            f"in {num_record_buckets} bucket(s) into {len(output_files)} output file(s)"
+        )
+        progress.start(record_bytes)
+        done = 0
+        for bucket, path in enumerate(record_buckets.paths):
+            rng = chunk_rng(options.random_seed, "shuffle", bucket)
+            shuffle_records(path, rng, shuffle_bytes, outputs.write)
+            done += record_buckets.sizes[bucket]
+            progress.update(done, f"shuffling: {done / 1e6:.1f}/{record_bytes / 1e6:.1f} MB")
+        metadata = make_metadata(
+            created_by="create_pretraining_data.py",
+            feature_spec=feature_spec(options.max_seq_length, options.max_predictions_per_seq),
             **dataclasses.asdict(options),
-            "do_lower_case": tokenizer_spec.do_lower_case,
-            "vocab_file": tokenizer_spec.vocab_file,
-            "spm_model_file": tokenizer_spec.spm_model_file,
-            "vocab_size": vocab.size,
-            "vocab_sha256": file_sha256(tokenizer_spec.path),
-            "input_files": paths,
-            "output_files": list(output_files),
-            "total_instances": stats["instances"],
-            "chunk_bytes": chunk_bytes,
-        }
+            do_lower_case=tokenizer_spec.do_lower_case,
+            vocab_file=tokenizer_spec.vocab_file,
+            spm_model_file=tokenizer_spec.spm_model_file,
+            vocab_size=vocab.size,
+            vocab_sha256=file_sha256(tokenizer_spec.path),
+            input_files=paths,
+            output_files=list(output_files),
+            num_instances=0,  # set per file by commit()
+            total_instances=stats["instances"],
+            chunk_bytes=chunk_bytes,
+            shuffle_bytes=shuffle_bytes,
+            document_buckets=num_document_buckets,
+            record_buckets=num_record_buckets,
+            documents=stats["documents"],
+            tokens=stats["tokens"],
+            unknown_token_rate=unknown_rate,
+        )
         outputs.commit(metadata)
     except BaseException:
-        outputs.abort()
+        if outputs is not None:
+            outputs.abort()
         raise
 
     elapsed = time.time() - start
     summary = {
         "instances_per_file": dict(zip(output_files, outputs.counts)),
         "elapsed_seconds": elapsed,
+        "unknown_token_rate": unknown_rate,
         "stats": dict(stats),
     }
     say(
         f"wrote {stats['instances']:,} instances in {elapsed:.1f} s "
-        f"({stats['instances'] / max(elapsed, 1e-9):,.0f} instances/s):"
+        f"({stats['instances'] / max(elapsed, 1e-9):,.0f} instances/s), shuffled:"
     )
     for path, count in zip(output_files, outputs.counts):
         say(f"  {path}: {count:,} instances (metadata: {metadata_path(path)})")
     num = max(stats["instances"], 1)
     say(
-        f"  documents {stats['documents']:,}, tokens {stats['tokens']:,}, "
-        f"next-sentence random {stats['random_next'] / num:.1%}, "
-        f"masked tokens per instance {stats['masked_tokens'] / num:.1f}, "
-        f"truncated pairs {stats['truncated_pairs']:,}"
+        f"  documents {stats['documents']:,}, tokens {stats['tokens']:,} "
+        f"([UNK] {unknown_rate:.2%}), next-sentence random {stats['random_next'] / num:.1%} "
+        f"({stats['random_next_from_reservoir']:,} from the reservoir), masked tokens per "
+        f"instance {stats['masked_tokens'] / num:.1f}, truncated pairs "
+        f"{stats['truncated_pairs']:,}"
     )
     say(
         f"  skipped or repaired: {stats['invalid_utf8_lines']:,} lines with invalid UTF-8 "
         f"(bytes replaced), {stats['lines_without_tokens']:,} lines without tokens, "
         f"{stats['empty_documents']:,} documents without tokens, "
-        f"{stats['documents_split']:,} long documents split"
+        f"{stats['documents_split']:,} cuts in long documents"
     )
+    if unknown_rate > UNKNOWN_TOKEN_WARNING:
+        say(
+            f"  warning: {unknown_rate:.1%} of the tokens are [UNK] (more than "
+            f"{UNKNOWN_TOKEN_WARNING:.0%}): the vocabulary does not fit the text; "
+            + unknown_token_advice(tokenizer, tokenizer_spec.do_lower_case)
+        )
     if stats["random_next_same_document"]:
         say(
             f"  warning: {stats['random_next_same_document']:,} next-sentence negatives came "
-            "from their own document (a chunk with a single document: the corpus has too "
-            "few documents, or no blank lines between them)"
+            "from their own document: the corpus holds a single document (no blank lines "
+            "between documents?)"
         )
     empty = [path for path, count in zip(output_files, outputs.counts) if count == 0]
     if empty:
@@ -1021,7 +1521,7 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "output_file",
         None,
-        "Output TFRecord file(s), comma-separated; instances are spread "
+        "Output TFRecord file(s), comma-separated; the shuffled instances are spread "
         "round-robin over them. Each gets a metadata file beside it, named F.json.",
     )
     flags.DEFINE_string("vocab_file", None, "WordPiece vocabulary the model is trained with.")
@@ -1043,8 +1543,14 @@ def define_flags() -> None:
     flags.DEFINE_float(
         "chunk_mb",
         1.0,
-        "Megabytes of text per chunk: the scope of the next-sentence "
-        "negatives and of the instance shuffle, and the unit of memory use.",
+        "Megabytes of text per unit of work: a worker's memory, and the size of the "
+        "random sample of the corpus that next-sentence negatives are drawn from.",
+    )
+    flags.DEFINE_float(
+        "shuffle_mb",
+        64.0,
+        "Megabytes of records the global shuffle holds in memory at once; the records "
+        "wait in temporary files (about the size of the output) beside the first output.",
     )
 
 
@@ -1087,6 +1593,7 @@ def main(argv: Sequence[str]) -> int:
             options,
             num_workers=num_workers,
             chunk_bytes=int(FLAGS.chunk_mb * (1 << 20)),
+            shuffle_bytes=int(FLAGS.shuffle_mb * (1 << 20)),
         )
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

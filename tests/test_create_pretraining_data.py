@@ -8,6 +8,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -39,7 +40,7 @@ def make_vocab(size=60, continuation=()):
     flags = [False] * size
     for i in continuation:
         flags[i] = True
-    return cpd.Vocab(size=size, cls_id=2, sep_id=3, mask_id=4, is_continuation=flags)
+    return cpd.Vocab(size=size, cls_id=2, sep_id=3, mask_id=4, unk_id=1, is_continuation=flags)
 
 
 def write_corpus(path, documents):
@@ -84,11 +85,12 @@ def read_records(path, max_seq_length, max_predictions):
         "masked_lm_weights": tf.io.FixedLenFeature([max_predictions], tf.float32),
         "next_sentence_labels": tf.io.FixedLenFeature([1], tf.int64),
     }
-    records = []
-    for raw in tf.data.TFRecordDataset(path):
-        parsed = tf.io.parse_single_example(raw, spec)
-        records.append({k: v.numpy() for k, v in parsed.items()})
-    return records
+    # One batch for the whole file: parsing record by record costs milliseconds each.
+    batches = list(tf.data.TFRecordDataset(path).batch(1 << 30))
+    if not batches:
+        return []
+    parsed = {k: v.numpy() for k, v in tf.io.parse_example(batches[0], spec).items()}
+    return [{k: v[i] for k, v in parsed.items()} for i in range(len(batches[0]))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,19 +278,44 @@ def test_records_nsp_labels_and_consecutive_text(tmp_path, vocab_file):
     assert 0.45 < labels[1] / sum(labels.values()) < 0.75, labels
 
 
+def expected_random_next_share(sentence_counts):
+    """The expected share of random-next pairs when every document fits one pair.
+
+    With pairs far longer than the documents, each pair starts from all the sentences
+    left: A takes a uniform 1..n-1 of n >= 2 of them; B is the rest (done) or, with
+    probability 1/2, random, and the n - a sentences not used are put back. A single
+    sentence left is always a random pair. Exact expectations by recursion.
+    """
+    instances, randoms = {1: 1.0}, {1: 1.0}
+    for n in range(2, max(sentence_counts) + 1):
+        rest = [n - a for a in range(1, n)]
+        instances[n] = 1 + 0.5 * sum(instances[m] for m in rest) / len(rest)
+        randoms[n] = 0.5 + 0.5 * sum(randoms[m] for m in rest) / len(rest)
+    return sum(randoms[n] for n in sentence_counts) / sum(instances[n] for n in sentence_counts)
+
+
 def test_label_zero_pairs_are_adjacent_without_truncation(tmp_path, vocab_file):
-    # Short sentences and a long max_seq_length: pairs are rarely truncated, so a true
+    # Short sentences and a long max_seq_length: pairs are never truncated, so a true
     # continuation must start exactly where A ends.
     documents = sequential_corpus(num_docs=20, sentences=(4, 8), words=(2, 4), seed=5)
     corpus = write_corpus(tmp_path / "c.txt", documents)
     out = str(tmp_path / "o.tfrecord")
-    options = cpd.DataOptions(max_seq_length=200, max_predictions_per_seq=10, dupe_factor=40)
+    options = cpd.DataOptions(
+        max_seq_length=200, max_predictions_per_seq=10, dupe_factor=40, short_seq_prob=0.0
+    )
     cpd.create_pretraining_data(corpus, out, cpd.TokenizerSpec(vocab_file), options, log=None)
     checked = 0
     records = read_records(out, 200, 10)
-    # Nearly every pair spans several sentences, where B is random with probability 1/2.
+    # Leftover single sentences are always random pairs, so the share is above 1/2; its
+    # expectation comes from the documents' sentence counts (two sentences: 2/3 by hand).
+    # The share is a ratio of sums over documents, whose spread exceeds a binomial
+    # share's by about 20% (0.0156 against 0.0133, simulated for this corpus): 5
+    # binomial standard errors are about 4 true ones.
+    assert expected_random_next_share([2]) == pytest.approx(2 / 3)
     share = np.mean([r["next_sentence_labels"][0] for r in records])
-    assert len(records) > 1000 and 0.45 < share < 0.58, share
+    expected = expected_random_next_share([len(d) for d in documents])
+    assert 0.55 < expected < 0.6
+    assert abs(share - expected) < 5 * np.sqrt(expected * (1 - expected) / len(records))
     for r in records:
         ids = _restore(r)
         n = int(r["input_mask"].sum())
@@ -351,7 +378,7 @@ def test_tfrecord_framing_matches_the_format():
 # The whole tool
 
 
-def test_identical_records_for_any_number_of_workers(tmp_path, vocab_file):
+def test_identical_records_for_any_number_of_workers(tmp_path, vocab_file, monkeypatch):
     documents = sequential_corpus(num_docs=40, seed=2)
     corpus = write_corpus(tmp_path / "corpus.txt", documents)
     options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=3)
@@ -363,12 +390,29 @@ def test_identical_records_for_any_number_of_workers(tmp_path, vocab_file):
             num_workers=workers, chunk_bytes=3000, log=None,
         )  # fmt: skip
         outputs.append([open(p, "rb").read() for p in paths])
-        # Documents longer than chunk_bytes / MIN_DOCUMENTS_PER_CHUNK are cut in parts.
+        # Documents longer than chunk_bytes / PARTS_PER_CHUNK are cut in parts, which
+        # count as parts of one document.
         stats = summary["stats"]
-        assert stats["documents_split"] > 0
-        assert stats["documents"] == 40 + stats["documents_split"]
+        assert stats["documents_split"] > 0 and stats["documents"] == 40
+        assert stats["document_parts"] == 40 + stats["documents_split"]
     assert outputs[0] == outputs[1]
     assert all(len(x) > 1000 for x in outputs[0])
+    # A shuffle budget far below the records' size, with at most 2 record buckets: each
+    # bucket is split again in pass 3. The same records (they do not depend on the
+    # buckets), in another order.
+    monkeypatch.setattr(cpd, "MAX_RECORD_BUCKETS", 2)
+    small = [str(tmp_path / f"small_{i}.tfrecord") for i in range(2)]
+    cpd.create_pretraining_data(
+        corpus, small, cpd.TokenizerSpec(vocab_file), options,
+        chunk_bytes=3000, shuffle_bytes=2000, log=None,
+    )  # fmt: skip
+    assert json.loads(open(small[0] + ".json").read())["record_buckets"] == 2
+
+    def records(paths):
+        return sorted(raw for p in paths for raw in tf.data.TFRecordDataset(p).as_numpy_iterator())
+
+    assert records(small) == records(paths)
+    assert [open(p, "rb").read() for p in small] != outputs[1]
     # Another seed gives other records.
     other = str(tmp_path / "seed.tfrecord")
     cpd.create_pretraining_data(
@@ -491,22 +535,65 @@ def test_failure_midway_leaves_no_output(tmp_path, vocab_file, monkeypatch):
     out = tmp_path / "o.tfrecord"
     calls = []
 
-    def exploding(self, dupe_round, index, docs):
-        calls.append(index)
+    def exploding(self, *args):
+        calls.append(args)
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
-        return original(self, dupe_round, index, docs)
+        return original(self, *args)
 
-    original = cpd.ChunkWorker.process
-    monkeypatch.setattr(cpd.ChunkWorker, "process", exploding)
-    with pytest.raises(RuntimeError):
+    original = cpd.ChunkWorker.make_records
+    monkeypatch.setattr(cpd.ChunkWorker, "make_records", exploding)
+    with pytest.raises(RuntimeError, match="simulated crash"):
         cpd.create_pretraining_data(
             corpus, str(out), cpd.TokenizerSpec(vocab_file),
             cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=1),
             chunk_bytes=200, log=None,
         )  # fmt: skip
     assert len(calls) == 3
-    assert sorted(os.listdir(tmp_path)) == ["c.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["c.txt"]  # the work directory is gone too
+
+
+class StderrLines:
+    """Collects the stderr lines of a process in a thread, to wait for a given line."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines: list[str] = []
+        self.done = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self.done = True
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 120) -> bool:
+        """Whether a line containing `text` appeared (False: the stream ended first).
+
+        The timeout only stops a broken run from hanging the tests.
+        """
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self.done or any(text in line for line in self.lines), timeout
+            )
+            return any(text in line for line in self.lines)
+
+    def text(self) -> str:
+        self._thread.join(timeout=120)
+        return "".join(self.lines)
+
+
+def data_command(corpus, out, vocab_file, *flags) -> list[str]:
+    return [
+        sys.executable, os.path.join(ROOT, "create_pretraining_data.py"),
+        f"--input_file={corpus}", f"--output_file={out}", f"--vocab_file={vocab_file}",
+        *flags,
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -515,34 +602,26 @@ def test_failure_midway_leaves_no_output(tmp_path, vocab_file, monkeypatch):
 )
 def test_command_line_stopped_run_leaves_no_file(tmp_path, vocab_file, sig, workers, status):
     documents = sequential_corpus(num_docs=30)
-    corpus = write_corpus(tmp_path / "c.txt", documents * 400)  # enough work to interrupt
+    corpus = write_corpus(tmp_path / "c.txt", documents * 100)  # enough work to interrupt
     out = tmp_path / "out" / "o.tfrecord"
-    command = [
-        sys.executable, os.path.join(ROOT, "create_pretraining_data.py"),
-        f"--input_file={corpus}", f"--output_file={out}", f"--vocab_file={vocab_file}",
-        "--max_seq_length=32", "--max_predictions_per_seq=5", "--dupe_factor=50",
-        f"--num_workers={workers}", "--chunk_mb=0.05",
-    ]  # fmt: skip
+    command = data_command(
+        corpus, out, vocab_file, "--max_seq_length=32", "--max_predictions_per_seq=5",
+        "--dupe_factor=50", f"--num_workers={workers}", "--chunk_mb=0.05",
+    )  # fmt: skip
     process = subprocess.Popen(
         command, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True
     )
-    # Wait until the run is writing and its worker processes (plus the resource tracker
-    # that the spawn start method adds; none with 1 worker, which works in-process)
-    # exist, then give them time to start up.
-    expected_children = workers + 1 if workers > 1 else 0
-    deadline = time.time() + 60
-    while time.time() < deadline and not (
-        out.parent.exists()
-        and os.listdir(out.parent)
-        and len(children(process.pid)) >= expected_children
-    ):
-        time.sleep(0.05)
-    time.sleep(2.0)
+    stderr = StderrLines(process)
+    # Signal once pass 2 has begun (50 rounds to go): the outputs and the work directory
+    # exist, and the workers have started or are starting (pass 2 submits work at once;
+    # a worker starts with SIGINT blocked, so a Ctrl-C during its start-up is safe).
+    assert stderr.wait_for("pass 2/3"), stderr.text()
     if sig == signal.SIGINT:
         os.killpg(process.pid, sig)  # as a terminal's Ctrl-C: main process and workers
     else:
         process.send_signal(sig)
-    _, err = process.communicate(timeout=60)
+    process.wait(timeout=120)
+    err = stderr.text()
     assert process.returncode == status, err
     assert "Traceback" not in err
     assert os.listdir(out.parent) == []  # neither final nor temporary files
@@ -599,42 +678,148 @@ def test_sentencepiece_model_and_whole_word_masking(tmp_path):
     assert checked > 50
 
 
-def test_each_dupe_round_is_a_pass_over_the_corpus(tmp_path, vocab_file):
-    # Round r of every chunk is written after round r-1 of all chunks, so the copies of a
-    # sentence lie a corpus apart, and round 0 is exactly the dupe_factor=1 output.
-    corpus = write_corpus(tmp_path / "c.txt", sequential_corpus(num_docs=40, seed=3))
-    spec = cpd.TokenizerSpec(vocab_file)
-    outputs = {}
-    for dupe in (1, 3):
-        out = str(tmp_path / f"d{dupe}.tfrecord")
-        options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=dupe)
-        cpd.create_pretraining_data(corpus, out, spec, options, chunk_bytes=2000, log=None)
-        outputs[dupe] = open(out, "rb").read()
-    assert len(outputs[3]) > 2.5 * len(outputs[1])
-    assert outputs[3].startswith(outputs[1])
+def tagged_corpus(num_short=60, long_at=(7, 31, 52), words_per_document=40, seed=0):
+    """Documents whose words belong to them alone; a few long ones (to be cut in parts).
+
+    Document d uses only the words w[d * words_per_document ... (d + 1) *
+    words_per_document - 1], so any token id t names its document: (t - 5) //
+    words_per_document (ids 0-4 are special).
+    """
+    rng = random.Random(seed)
+    documents = []
+    for d in range(num_short + len(long_at)):
+        num_sentences = rng.randint(150, 200) if d in long_at else rng.randint(3, 8)
+        base = d * words_per_document
+        documents.append([
+            " ".join(word(base + rng.randrange(words_per_document))
+                     for _ in range(rng.randint(3, 10)))
+            for _ in range(num_sentences)
+        ])  # fmt: skip
+    assert len(documents) * words_per_document <= NUM_WORDS
+    return documents
 
 
-def test_corpus_without_blank_lines_is_cut_into_documents(tmp_path, vocab_file, capsys):
-    # One huge "document": cut into parts, so memory stays bounded and next-sentence
-    # negatives come from other parts rather than from the same text.
+def record_sources(records, words_per_document=40):
+    """(source document of A, source document of B, label) of each record.
+
+    The masking is undone first (masked_lm_positions/ids), so a random replacement
+    token cannot name another document; every token of A must name one document, and
+    every token of B one document.
+    """
+    sources = []
+    for r in records:
+        ids = _restore(r)
+        n = int(r["input_mask"].sum())
+        sep = ids.index(3)
+        a = {(t - 5) // words_per_document for t in ids[1:sep]}
+        b = {(t - 5) // words_per_document for t in ids[sep + 1 : n - 1]}
+        assert len(a) == 1 and len(b) == 1, (a, b)
+        sources.append((a.pop(), b.pop(), int(r["next_sentence_labels"][0])))
+    return sources
+
+
+def test_records_are_shuffled_globally_and_negatives_come_from_other_documents(
+    tmp_path, vocab_file
+):
+    documents = tagged_corpus()
+    corpus = write_corpus(tmp_path / "c.txt", documents)
+    out = str(tmp_path / "o.tfrecord")
+    options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=10)
+    # Small chunks: 8 document buckets, the long documents cut into ~10 parts each.
+    summary = cpd.create_pretraining_data(
+        corpus, out, cpd.TokenizerSpec(vocab_file), options, chunk_bytes=4000, log=None
+    )
+    stats = summary["stats"]
+    assert stats["documents"] == len(documents) and stats["documents_split"] > 20
+    meta = json.loads(open(out + ".json").read())
+    assert meta["document_buckets"] > 4
+    sources = record_sources(read_records(out, 32, 5))
+    n = len(sources)
+    assert n > 2000
+
+    # (a) No trace of the corpus order (or of the rounds) in the output order. Under a
+    # uniformly random order, the correlation of the ranks of position and source
+    # document (Spearman's rho, ties given mid-ranks) has mean 0 and variance exactly
+    # 1/(n - 1), as for the Pearson correlation of any two fixed sequences under a random
+    # permutation; it is close to normal for n in the thousands: 5 standard deviations.
+    # Records written round by round in corpus order (the previous streaming order)
+    # give rho = sqrt(1 / (1 + 12 var(round))) = 0.1 with 10 rounds (0.11 measured),
+    # above the bound (0.085 for the ~3,400 records here).
+    def ranks(values):
+        order = np.argsort(values, kind="stable")
+        sorted_values = np.asarray(values)[order]
+        result = np.empty(len(values))
+        start = 0
+        for end in range(1, len(values) + 1):
+            if end == len(values) or sorted_values[end] != sorted_values[start]:
+                result[order[start:end]] = (start + end - 1) / 2
+                start = end
+        return result
+
+    rho = np.corrcoef(np.arange(n), ranks([a for a, _, _ in sources]))[0, 1]
+    assert abs(rho) < 5 / np.sqrt(n - 1), rho
+
+    # (b) Neighbours share a document no more often than in a random order: there, each
+    # of the n - 1 adjacent pairs shares one with probability sum_d n_d (n_d - 1) /
+    # (n (n - 1)), and their count (weakly dependent rare events) is close to Poisson:
+    # mean + 5 standard deviations (~400 + 100 here). The previous streaming order,
+    # shuffled within chunks only, gave 1,480.
+    counts = collections.Counter(a for a, _, _ in sources)
+    expected = sum(c * (c - 1) for c in counts.values()) / n
+    adjacent = sum(sources[i][0] == sources[i + 1][0] for i in range(n - 1))
+    assert adjacent <= expected + 5 * np.sqrt(expected), (adjacent, expected)
+
+    # (c) A random next sentence never comes from A's own source document (there are 63),
+    # not even for the long documents cut in parts; (d) a true one always does.
+    randoms = [(a, b) for a, b, label in sources if label == 1]
+    assert all(a != b for a, b in randoms)
+    assert all(a == b for a, b, label in sources if label == 0)
+    assert 0.45 < len(randoms) / n < 0.65
+    assert {a for a, _ in randoms} >= {7, 31, 52}  # the long documents took part
+    assert stats["random_next"] == len(randoms)
+    assert stats.get("random_next_same_document", 0) == 0
+
+
+def test_negatives_of_a_dominant_document_come_from_the_reservoir(tmp_path, vocab_file):
+    # One long document cut into ~40 parts and two short ones: most slices hold parts of
+    # the long one only, so its negatives must come from the reservoir.
+    documents = tagged_corpus(num_short=2, long_at=(1,))
+    documents[1] = documents[1] * 3
+    corpus = write_corpus(tmp_path / "c.txt", documents)
+    out = str(tmp_path / "o.tfrecord")
+    options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=2)
+    summary = cpd.create_pretraining_data(
+        corpus, out, cpd.TokenizerSpec(vocab_file), options, chunk_bytes=2000, log=None
+    )
+    stats = summary["stats"]
+    assert stats["documents"] == 3 and stats["document_parts"] > 30
+    sources = record_sources(read_records(out, 32, 5))
+    randoms = [(a, b) for a, b, label in sources if label == 1]
+    assert all(a != b for a, b in randoms) and all(a == b for a, b, lb in sources if lb == 0)
+    from_long = [b for a, b in randoms if a == 1]
+    assert len(from_long) > 100 and set(from_long) == {0, 2}
+    assert stats["random_next_from_reservoir"] > len(from_long) / 2
+    assert stats.get("random_next_same_document", 0) == 0
+
+
+def test_corpus_without_blank_lines_is_one_document_cut_into_parts(tmp_path, vocab_file, capsys):
+    # One huge document: cut into parts, so memory stays bounded. It is still one
+    # document: every negative necessarily comes from it, and the counter says so.
     lines = [" ".join(word(i * 5 + j) for j in range(5)) for i in range(600)]
     corpus = tmp_path / "one.txt"
     corpus.write_text("\n".join(lines) + "\n")
     out = str(tmp_path / "o.tfrecord")
     options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=1)
     summary = cpd.create_pretraining_data(
-        str(corpus), out, cpd.TokenizerSpec(vocab_file), options, chunk_bytes=8000, log=None
-    )
+        str(corpus), out, cpd.TokenizerSpec(vocab_file), options, chunk_bytes=8000,
+        log=sys.stderr,
+    )  # fmt: skip
     stats = summary["stats"]
-    assert stats["documents"] > 8 and stats["documents_split"] == stats["documents"] - 1
-    assert stats.get("random_next_same_document", 0) == 0
-    # A corpus of a single short document has no other document to draw from: counted
-    # and reported.
-    small = write_corpus(tmp_path / "small.txt", [lines[:20]])
-    summary = cpd.create_pretraining_data(
-        small, out, cpd.TokenizerSpec(vocab_file), options, log=sys.stderr
-    )
-    assert summary["stats"]["random_next_same_document"] > 0
+    assert stats["documents"] == 1 and stats["document_parts"] > 8
+    assert stats["documents_split"] == stats["document_parts"] - 1
+    labels = [int(r["next_sentence_labels"][0]) for r in read_records(out, 32, 5)]
+    assert stats["random_next"] == sum(labels) > 0
+    assert stats["random_next_same_document"] == stats["random_next"]
     assert "came from their own document" in capsys.readouterr().err
 
 
@@ -661,28 +846,30 @@ def test_output_path_that_is_a_directory_fails_before_any_work(tmp_path, vocab_f
 
 
 def test_a_worker_killed_by_the_system_stops_the_run_with_an_error(tmp_path, vocab_file):
-    corpus = write_corpus(tmp_path / "c.txt", sequential_corpus(num_docs=30) * 300)
+    corpus = write_corpus(tmp_path / "c.txt", sequential_corpus(num_docs=30) * 100)
     out = tmp_path / "out" / "o.tfrecord"
-    command = [
-        sys.executable, os.path.join(ROOT, "create_pretraining_data.py"),
-        f"--input_file={corpus}", f"--output_file={out}", f"--vocab_file={vocab_file}",
-        "--max_seq_length=32", "--max_predictions_per_seq=5", "--dupe_factor=50",
-        "--num_workers=2", "--chunk_mb=0.05",
-    ]  # fmt: skip
+    command = data_command(
+        corpus, out, vocab_file, "--max_seq_length=32", "--max_predictions_per_seq=5",
+        "--dupe_factor=50", "--num_workers=2", "--chunk_mb=0.05",
+    )  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    stderr = StderrLines(process)
+    assert stderr.wait_for("pass 2/3"), stderr.text()
+    # Pass 1 ran on the workers, so one exists (the spawn start method also runs a
+    # resource tracker child): kill a real worker, as the kernel's OOM killer would.
     workers = []
-    deadline = time.time() + 60
-    while time.time() < deadline and len(workers) < 3:  # 2 workers + resource tracker
-        time.sleep(0.1)
-        workers = children(process.pid)
-    time.sleep(2.0)
-    # The spawn start method also runs a resource tracker child; kill a real worker.
-    for pid in workers:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"resource_tracker" not in f.read():
-                os.kill(pid, signal.SIGKILL)
-                break
-    _, err = process.communicate(timeout=60)
+    while not workers and process.poll() is None:
+        for pid in children(process.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"resource_tracker" not in f.read():
+                        workers.append(pid)
+            except FileNotFoundError:  # a process that just ended
+                pass
+        time.sleep(0.01)  # polling interval
+    os.kill(workers[0], signal.SIGKILL)
+    process.wait(timeout=120)
+    err = stderr.text()
     assert process.returncode == 1, err
     assert "a worker process died" in err and "Traceback" not in err
     assert os.listdir(out.parent) == []
@@ -708,3 +895,76 @@ def test_unreadable_input_files_are_named(tmp_path, vocab_file, monkeypatch):
         cpd.expand_input_files(f"{fine},{locked}")
     assert "locked.txt" in str(info.value) and "permission denied" in str(info.value)
     assert "fine.txt" not in str(info.value)
+
+
+def test_non_text_fraction_counts_invalid_bytes_and_control_characters():
+    assert cpd.non_text_fraction(b"") == 0.0
+    assert cpd.non_text_fraction("naïve café\tok\r\n\f".encode()) == 0.0
+    assert cpd.non_text_fraction(b"ab\x00\x01") == 0.5
+    assert cpd.non_text_fraction(b"ab\xff\xfe") == 0.5  # one U+FFFD per invalid byte
+    assert cpd.non_text_fraction("abcé".encode()[:-1]) == 0.0  # a character cut off
+
+
+def test_input_that_is_not_text_is_refused(tmp_path, vocab_file):
+    # A TFRecord given as text (the evaluation's case: it made 8,284 instances, exit 0).
+    records = tmp_path / "data.tfrecord"
+    encoder = cpd.ExampleEncoder(max_seq_length=32, max_predictions_per_seq=5, vocab_size=4009)
+    instance = cpd.TrainingInstance([2, 100, 3, 200, 3], 1, [1], [100], False)
+    records.write_bytes(cpd.tfrecord_frame(encoder.serialize(instance)) * 500)
+    fine = write_corpus(tmp_path / "fine.txt", sequential_corpus(num_docs=10))
+    out = tmp_path / "out" / "o.tfrecord"
+    spec, options = cpd.TokenizerSpec(vocab_file), cpd.DataOptions(dupe_factor=1)
+    with pytest.raises(ValueError) as info:
+        cpd.create_pretraining_data(f"{fine},{records}", str(out), spec, options, log=None)
+    message = str(info.value)
+    assert "data.tfrecord" in message and "not UTF-8 text" in message
+    assert "fine.txt" not in message
+    assert not out.parent.exists()
+    # Binary data after a first 64 KB of text: found while reading, named, nothing left.
+    mixed = tmp_path / "mixed.txt"
+    text = b"w1 w2 w3 w4 w5\n" * 5000  # 75 KB: the first-bytes check sees text only
+    mixed.write_bytes(text + random.Random(0).randbytes(2_000_000))  # ~8,000 "lines"
+    with pytest.raises(ValueError, match=r"mixed.txt'?: 5\d% of it is not text"):
+        cpd.create_pretraining_data(str(mixed), str(out), spec, options, log=None)
+    assert os.listdir(out.parent) == []
+    # Latin-1 text passes: its accented letters are repaired and counted.
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("w1 w2 w3 café w4\n\nw5 w6 été w7\n".encode("latin-1"))
+    summary = cpd.create_pretraining_data(str(latin), str(out), spec, options, log=None)
+    assert summary["stats"]["invalid_utf8_lines"] == 2
+
+
+def test_unknown_token_rate_is_reported_and_warned(tmp_path, vocab_file, capsys):
+    # The vocabulary (w0..w3999) is uncased. With --nodo_lower_case each capitalised
+    # word is exactly one [UNK] (WordPiece finds no piece of "W12"), so the rate is the
+    # share of capitalised words.
+    rng = random.Random(0)
+
+    def corpus_with_upper_case(name, num_upper):
+        words = [word(rng.randrange(100)) for _ in range(2000)]
+        for i in rng.sample(range(2000), num_upper):
+            words[i] = words[i].upper()
+        lines = [" ".join(words[i : i + 10]) for i in range(0, 2000, 10)]
+        return write_corpus(tmp_path / name, [lines[i : i + 10] for i in range(0, 200, 10)])
+
+    out = str(tmp_path / "o.tfrecord")
+    options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=1)
+    cased = cpd.TokenizerSpec(vocab_file, do_lower_case=False)
+    corpus = corpus_with_upper_case("upper.txt", 300)
+    summary = cpd.create_pretraining_data(corpus, out, cased, options, log=sys.stderr)
+    assert summary["unknown_token_rate"] == pytest.approx(300 / 2000)
+    assert json.loads(open(out + ".json").read())["unknown_token_rate"] == pytest.approx(0.15)
+    err = capsys.readouterr().err
+    assert "[UNK] 15.00%" in err
+    assert "warning: 15.0% of the tokens are [UNK]" in err and "use --do_lower_case" in err
+    # Lower-cased, the same text has no [UNK] and no warning.
+    uncased = cpd.TokenizerSpec(vocab_file, do_lower_case=True)
+    summary = cpd.create_pretraining_data(corpus, out, uncased, options, log=sys.stderr)
+    err = capsys.readouterr().err
+    assert summary["unknown_token_rate"] == 0 and "[UNK] 0.00%" in err and "warning" not in err
+    # Under the 1% threshold (15 of 2,000 words): reported, not warned.
+    corpus = corpus_with_upper_case("few.txt", 15)
+    summary = cpd.create_pretraining_data(corpus, out, cased, options, log=sys.stderr)
+    err = capsys.readouterr().err
+    assert summary["unknown_token_rate"] == pytest.approx(0.0075)
+    assert "[UNK] 0.75%" in err and "warning" not in err
