@@ -285,3 +285,25 @@ def split_for_replica(global_batch: dict, replica_id, num_replicas: int) -> dict
     batch_size = global_batch["input_ids"].shape[0] // num_replicas
     start = replica_id * batch_size
     return {name: value[start : start + batch_size] for name, value in global_batch.items()}
+
+
+def replica_micro_batches(
+    global_batch: dict, replica_id, num_replicas: int, micro_batches: int
+) -> dict:
+    """Replica `replica_id`'s K micro-batches of a global batch of K·R·B rows.
+
+    Micro-batch k of replica r is rows [(k·R + r)·B, (k·R + r + 1)·B): the global batch
+    is K consecutive blocks of R·B rows, each split over the replicas as
+    `split_for_replica` does. With K = 1 this is `split_for_replica` with a leading
+    axis of 1.
+
+    Returns:
+        Every feature of `global_batch`, shaped [K, B, ...].
+    """
+    rows = global_batch["input_ids"].shape[0]
+    batch_size = rows // (num_replicas * micro_batches)
+    split = {}
+    for name, value in global_batch.items():
+        blocks = tf.reshape(value, [micro_batches, num_replicas, batch_size, *value.shape[1:]])
+        split[name] = tf.gather(blocks, replica_id, axis=1)  # [K, B, ...]
+    return split

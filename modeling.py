@@ -283,8 +283,10 @@ def _dense(units: int, config: BertConfig, name: str, **kwargs: Any) -> keras.la
     return keras.layers.Dense(units, kernel_initializer=_initializer(config), name=name, **kwargs)
 
 
-def _layer_norm(name: str) -> keras.layers.LayerNormalization:
-    return keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name)
+def _layer_norm(name: str, dtype: Any) -> keras.layers.LayerNormalization:
+    # Keras computes LayerNorm statistics in float32 even under a mixed policy, and
+    # returns the compute dtype.
+    return keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name, dtype=dtype)
 
 
 class StatelessDropout(keras.layers.Layer):
@@ -334,9 +336,10 @@ class BertEmbeddings(keras.layers.Layer):
     def __init__(self, config: BertConfig, **kwargs: Any):
         super().__init__(**kwargs)
         self.config = config
-        self.layer_norm = _layer_norm("layer_norm")
+        dtype = self.dtype_policy
+        self.layer_norm = _layer_norm("layer_norm", dtype)
         self.dropout = StatelessDropout(
-            config.hidden_dropout_prob, EMBEDDINGS_DROPOUT_SITE, name="dropout"
+            config.hidden_dropout_prob, EMBEDDINGS_DROPOUT_SITE, name="dropout", dtype=dtype
         )
 
     def build(self, input_shape: Any) -> None:
@@ -377,15 +380,19 @@ class SelfAttention(keras.layers.Layer):
 
     def __init__(self, config: BertConfig, probs_dropout_site: int, **kwargs: Any):
         super().__init__(**kwargs)
+        dtype = self.dtype_policy
         self.num_heads = config.num_attention_heads
         self.head_size = config.head_size
-        self.query = _dense(config.hidden_size, config, "query")
-        self.key = _dense(config.hidden_size, config, "key")
-        self.value = _dense(config.hidden_size, config, "value")
+        self.query = _dense(config.hidden_size, config, "query", dtype=dtype)
+        self.key = _dense(config.hidden_size, config, "key", dtype=dtype)
+        self.value = _dense(config.hidden_size, config, "value", dtype=dtype)
         self.probs_dropout = StatelessDropout(
-            config.attention_probs_dropout_prob, probs_dropout_site, name="probs_dropout"
+            config.attention_probs_dropout_prob, probs_dropout_site, name="probs_dropout",
+            dtype=dtype,
+        )  # fmt: skip
+        self.output_projection = _dense(
+            config.hidden_size, config, "output_projection", dtype=dtype
         )
-        self.output_projection = _dense(config.hidden_size, config, "output_projection")
 
     def call(
         self,
@@ -398,7 +405,8 @@ class SelfAttention(keras.layers.Layer):
 
         Args:
             x: the layer input, [B, S, H] float.
-            attention_bias: [B, 1, 1, T], 0 for keys to attend to, MASK_ADDER for padding.
+            attention_bias: [B, 1, 1, T] float32, 0 for keys to attend to, MASK_ADDER for
+                padding.
             training: apply dropout to the attention probabilities.
             dropout_seed: int [2]; see StatelessDropout.
 
@@ -410,8 +418,11 @@ class SelfAttention(keras.layers.Layer):
         v = self._split_heads(self.value(x))  # [B, N, T, D]
         # Scaling by 1/sqrt(D) keeps the scores' variance independent of the head size.
         scale = 1.0 / math.sqrt(self.head_size)
-        scores = tf.matmul(q, k, transpose_b=True) * scale  # [B, N, F, T]
-        probs = tf.nn.softmax(scores + attention_bias, axis=-1)  # [B, N, F, T]
+        scores = tf.matmul(q * tf.cast(scale, q.dtype), k, transpose_b=True)  # [B, N, F, T]
+        # The softmax in float32 whatever the compute dtype: its exp and sum are where
+        # half precision loses the most (and float16 overflows).
+        scores = tf.cast(scores, tf.float32) + attention_bias
+        probs = tf.cast(tf.nn.softmax(scores, axis=-1), q.dtype)  # [B, N, F, T]
         probs = self.probs_dropout(probs, training=training, dropout_seed=dropout_seed)
         context = tf.matmul(probs, v)  # [B, N, F, D]
         return self.output_projection(self._merge_heads(context))  # [B, F, H]
@@ -437,16 +448,19 @@ class TransformerLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         first_site = EMBEDDINGS_DROPOUT_SITE + 1 + DROPOUT_SITES_PER_LAYER * layer_index
         hidden_dropout = config.hidden_dropout_prob
-        self.attention = SelfAttention(config, first_site, name="self_attention")
+        dtype = self.dtype_policy
+        self.attention = SelfAttention(config, first_site, name="self_attention", dtype=dtype)
         self.attention_dropout = StatelessDropout(
-            hidden_dropout, first_site + 1, name="attention_dropout"
+            hidden_dropout, first_site + 1, name="attention_dropout", dtype=dtype
         )
-        self.attention_layer_norm = _layer_norm("attention_layer_norm")
-        self.intermediate = _dense(config.intermediate_size, config, "intermediate")
+        self.attention_layer_norm = _layer_norm("attention_layer_norm", dtype)
+        self.intermediate = _dense(config.intermediate_size, config, "intermediate", dtype=dtype)
         self.activation = get_activation(config.hidden_act)
-        self.ffn_output = _dense(config.hidden_size, config, "ffn_output")
-        self.ffn_dropout = StatelessDropout(hidden_dropout, first_site + 2, name="ffn_dropout")
-        self.ffn_layer_norm = _layer_norm("ffn_layer_norm")
+        self.ffn_output = _dense(config.hidden_size, config, "ffn_output", dtype=dtype)
+        self.ffn_dropout = StatelessDropout(
+            hidden_dropout, first_site + 2, name="ffn_dropout", dtype=dtype
+        )
+        self.ffn_layer_norm = _layer_norm("ffn_layer_norm", dtype)
 
     def call(
         self,
@@ -463,13 +477,13 @@ class TransformerLayer(keras.layers.Layer):
         return self.ffn_layer_norm(x + self.ffn_dropout(ffn_output, **drop))
 
 
-def attention_bias_from_mask(input_mask: tf.Tensor, dtype: str | tf.DType) -> tf.Tensor:
+def attention_bias_from_mask(input_mask: tf.Tensor) -> tf.Tensor:
     """Turns `input_mask` [B, T] (1 = attend) into an additive score bias [B, 1, 1, T].
 
     The bias is 0 for real tokens and MASK_ADDER for padding, the same for every head
-    and every query position.
+    and every query position; float32, as the softmax it is added before.
     """
-    mask = tf.cast(input_mask[:, tf.newaxis, tf.newaxis, :], dtype)  # [B, 1, 1, T]
+    mask = tf.cast(input_mask[:, tf.newaxis, tf.newaxis, :], tf.float32)  # [B, 1, 1, T]
     return (1.0 - mask) * MASK_ADDER
 
 
@@ -479,15 +493,17 @@ class BertEncoder(keras.layers.Layer):
     def __init__(self, config: BertConfig, name: str = "encoder", **kwargs: Any):
         super().__init__(name=name, **kwargs)
         self.config = config
-        self.embeddings = BertEmbeddings(config, name="embeddings")
+        dtype = self.dtype_policy
+        self.embeddings = BertEmbeddings(config, name="embeddings", dtype=dtype)
         # Each layer is also an attribute: tf.train.Checkpoint does not see into the list
         # (Keras 3 tracks it only for Keras itself), and checkpoints must hold every weight.
         for i in range(config.num_hidden_layers):
-            setattr(self, f"layer_{i}", TransformerLayer(config, i, name=f"layer_{i}"))
+            layer = TransformerLayer(config, i, name=f"layer_{i}", dtype=dtype)
+            setattr(self, f"layer_{i}", layer)
         self.transformer_layers = [
             getattr(self, f"layer_{i}") for i in range(config.num_hidden_layers)
         ]
-        self.pooler = _dense(config.hidden_size, config, "pooler", activation="tanh")
+        self.pooler = _dense(config.hidden_size, config, "pooler", activation="tanh", dtype=dtype)
 
     def call(
         self,
@@ -517,7 +533,7 @@ class BertEncoder(keras.layers.Layer):
             )
         drop = {"training": training, "dropout_seed": dropout_seed}
         x = self.embeddings(token_ids, segment_ids, **drop)  # [B, S, H]
-        attention_bias = attention_bias_from_mask(input_mask, self.compute_dtype)
+        attention_bias = attention_bias_from_mask(input_mask)  # [B, 1, 1, T] float32
         for layer in self.transformer_layers:
             x = layer(x, attention_bias, **drop)  # [B, S, H]
         pooled_output = self.pooler(x[:, 0])  # [B, H], from the first ([CLS]) token
@@ -534,9 +550,9 @@ class MaskedLMHead(keras.layers.Layer):
     def __init__(self, config: BertConfig, name: str = "mlm_head", **kwargs: Any):
         super().__init__(name=name, **kwargs)
         self.config = config
-        self.transform = _dense(config.hidden_size, config, "transform")
+        self.transform = _dense(config.hidden_size, config, "transform", dtype=self.dtype_policy)
         self.activation = get_activation(config.hidden_act)
-        self.layer_norm = _layer_norm("layer_norm")
+        self.layer_norm = _layer_norm("layer_norm", self.dtype_policy)
 
     def build(self, input_shape: Any) -> None:
         hidden_size = self.config.hidden_size
@@ -593,6 +609,11 @@ class NextSentenceHead(keras.layers.Layer):
 class BertPretrainingModel(keras.Model):
     """The encoder with the masked-LM and next-sentence heads.
 
+    Pass `dtype="mixed_bfloat16"` or `"mixed_float16"` (a Keras dtype policy) for mixed
+    precision: the variables stay float32, the matrix products run in the half type,
+    and LayerNorm, the attention softmax and the logits are computed in float32. Every
+    sublayer takes the model's policy (not the global one).
+
     Attributes:
         config: the BertConfig.
         encoder: the BertEncoder (the part kept for fine-tuning).
@@ -603,9 +624,10 @@ class BertPretrainingModel(keras.Model):
     def __init__(self, config: BertConfig, name: str = "bert_pretraining", **kwargs: Any):
         super().__init__(name=name, **kwargs)
         self.config = config
-        self.encoder = BertEncoder(config)
-        self.mlm_head = MaskedLMHead(config)
-        self.nsp_head = NextSentenceHead(config)
+        dtype = self.dtype_policy
+        self.encoder = BertEncoder(config, dtype=dtype)
+        self.mlm_head = MaskedLMHead(config, dtype=dtype)
+        self.nsp_head = NextSentenceHead(config, dtype=dtype)
 
     def call(
         self,

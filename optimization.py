@@ -1,9 +1,10 @@
-"""Learning-rate schedule, AdamW and gradient clipping for BERT pretraining.
+"""Learning-rate schedules, AdamW, LAMB and gradient clipping for BERT pretraining.
 
-The algorithms are those of the original BERT release: a linear warmup into a linear
+The defaults are the original BERT release's algorithms: a linear warmup into a linear
 decay to zero, and Adam with decoupled weight decay and *no* bias correction
 ("AdamWeightDecayOptimizer"). Keeping them exact lets a run here be compared step for step
-with one made with the original code.
+with one made with the original code. For large global batches there is LAMB (You et
+al., 2019) with a polynomial decay, as in NVIDIA's BERT recipe.
 
 Nothing in this module knows how many devices train the model. The optimizer updates one
 variable at a time through `AdamWeightDecay.update`, which the trainer may call once per
@@ -28,7 +29,7 @@ DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY = ("LayerNorm", "layer_norm", "bias")
 
 
 def _check_schedule_args(
-    peak_learning_rate: float, num_warmup_steps: int, num_train_steps: int
+    peak_learning_rate: float, num_warmup_steps: int, num_train_steps: int, power: float = 1.0
 ) -> None:
     if not peak_learning_rate > 0:
         raise ValueError(f"peak_learning_rate must be > 0, got {peak_learning_rate!r}.")
@@ -36,48 +37,66 @@ def _check_schedule_args(
         raise ValueError(f"num_train_steps must be > 0, got {num_train_steps!r}.")
     if not num_warmup_steps >= 0:
         raise ValueError(f"num_warmup_steps must be >= 0, got {num_warmup_steps!r}.")
+    if not power > 0:
+        raise ValueError(f"power must be > 0, got {power!r}.")
 
 
 def learning_rate(
-    step: int, *, peak_learning_rate: float, num_warmup_steps: int, num_train_steps: int
+    step: int,
+    *,
+    peak_learning_rate: float,
+    num_warmup_steps: int,
+    num_train_steps: int,
+    power: float = 1.0,
 ) -> float:
-    """The original release's learning rate after `step` updates.
+    """The learning rate after `step` updates: linear warm-up, then polynomial decay.
 
-    A linear decay from `peak_learning_rate` at step 0 to 0 at `num_train_steps` (it
-    stays 0 after), overridden during the first `num_warmup_steps` steps by a linear
-    warmup from 0. The decay is measured from step 0, not from the end of warmup, so the
-    first post-warmup rate is `peak * (1 - num_warmup_steps / num_train_steps)`.
+    peak · (1 - min(step, num_train_steps) / num_train_steps) ** power, overridden during
+    the first `num_warmup_steps` steps by a linear warm-up from 0. The decay is measured
+    from step 0, not from the end of warm-up, so the first post-warm-up rate is
+    `peak * (1 - num_warmup_steps / num_train_steps) ** power`. power 1 is the original
+    release's linear decay; NVIDIA's LAMB recipe uses 0.5.
 
     Args:
         step: number of updates already applied; the first update uses step 0 (hence a
-            rate of 0 when there is a warmup, as in the original).
-        peak_learning_rate: the rate warmup climbs towards and decay starts from.
-        num_warmup_steps: length of the warmup; 0 for none.
+            rate of 0 when there is a warm-up, as in the original).
+        peak_learning_rate: the rate warm-up climbs towards and decay starts from.
+        num_warmup_steps: length of the warm-up; 0 for none.
         num_train_steps: step at which the rate reaches 0.
+        power: exponent of the decay, > 0.
 
     Returns:
         The learning rate, a Python float.
     """
-    _check_schedule_args(peak_learning_rate, num_warmup_steps, num_train_steps)
+    _check_schedule_args(peak_learning_rate, num_warmup_steps, num_train_steps, power)
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step!r}.")
     if num_warmup_steps > 0 and step < num_warmup_steps:
         return peak_learning_rate * step / num_warmup_steps
-    return peak_learning_rate * (1.0 - min(step, num_train_steps) / num_train_steps)
+    remaining = 1.0 - min(step, num_train_steps) / num_train_steps
+    return peak_learning_rate * (remaining if power == 1.0 else remaining**power)
 
 
-class LinearWarmupLinearDecay:
+class WarmupPolynomialDecay:
     """`learning_rate` for a step tensor, to be called inside a `tf.function`.
 
     Computed in float64 with the same operations in the same order as `learning_rate`,
     then rounded to float32, so that it equals `np.float32(learning_rate(step, ...))`.
     """
 
-    def __init__(self, *, peak_learning_rate: float, num_warmup_steps: int, num_train_steps: int):
-        _check_schedule_args(peak_learning_rate, num_warmup_steps, num_train_steps)
+    def __init__(
+        self,
+        *,
+        peak_learning_rate: float,
+        num_warmup_steps: int,
+        num_train_steps: int,
+        power: float = 1.0,
+    ):
+        _check_schedule_args(peak_learning_rate, num_warmup_steps, num_train_steps, power)
         self.peak_learning_rate = float(peak_learning_rate)
         self.num_warmup_steps = int(num_warmup_steps)
         self.num_train_steps = int(num_train_steps)
+        self.power = float(power)
 
     def __call__(self, step: tf.Tensor | int) -> tf.Tensor:
         """Returns the learning rate after `step` updates, a float32 scalar tensor.
@@ -88,18 +107,22 @@ class LinearWarmupLinearDecay:
         step = tf.cast(step, tf.float64)
         peak = tf.constant(self.peak_learning_rate, tf.float64)
         total = tf.constant(float(self.num_train_steps), tf.float64)
-        rate = peak * (1.0 - tf.minimum(step, total) / total)
+        remaining = 1.0 - tf.minimum(step, total) / total
+        if self.power != 1.0:
+            remaining = tf.pow(remaining, self.power)
+        rate = peak * remaining
         if self.num_warmup_steps > 0:
             warmup = tf.constant(float(self.num_warmup_steps), tf.float64)
             rate = tf.where(step < warmup, peak * step / warmup, rate)
         return tf.cast(rate, tf.float32)
 
     def get_config(self) -> dict:
-        """The constructor's arguments; `LinearWarmupLinearDecay(**config)` rebuilds it."""
+        """The constructor's arguments; `WarmupPolynomialDecay(**config)` rebuilds it."""
         return {
             "peak_learning_rate": self.peak_learning_rate,
             "num_warmup_steps": self.num_warmup_steps,
             "num_train_steps": self.num_train_steps,
+            "power": self.power,
         }
 
 
@@ -113,20 +136,8 @@ def _as_tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
-class AdamWeightDecay(tf.Module):
-    """Adam with decoupled weight decay and no bias correction, as in the original BERT.
-
-    For a variable p with gradient g, one update is::
-
-        m = beta_1 * m + (1 - beta_1) * g
-        v = beta_2 * v + (1 - beta_2) * g * g
-        update = m / (sqrt(v) + epsilon)
-        if decays_weight(p): update += weight_decay_rate * p
-        p = p - learning_rate * update
-
-    Unlike `keras.optimizers.AdamW` there is no bias correction of m and v, and the decay
-    is scaled by the learning rate exactly as above; this is what BERT checkpoints were
-    trained with.
+class _AdamFamily(tf.Module):
+    """What AdamW and LAMB share: moment slots, decay flags, the per-variable contract.
 
     The slots m and v are created when the optimizer is constructed, as float32 zeros
     shaped like each variable. Construct it where the model's variables were created (in
@@ -152,6 +163,7 @@ class AdamWeightDecay(tf.Module):
         beta_2: float = 0.999,
         epsilon: float = 1e-6,
         exclude_from_weight_decay: Sequence[str] = DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY,
+        name: str,
     ):
         """Creates the slots for `variables`.
 
@@ -166,20 +178,21 @@ class AdamWeightDecay(tf.Module):
             epsilon: added to sqrt(v) for numerical stability, > 0.
             exclude_from_weight_decay: a variable whose name contains any of these
                 substrings is not weight-decayed.
+            name: the module's name.
         """
-        super().__init__(name="adam_weight_decay")
+        super().__init__(name=name)
         variables = [_as_tf_variable(v) for v in variables]
         names = list(names)
         if len(variables) != len(names):
             raise ValueError(
-                f"AdamWeightDecay needs one name per variable; got {len(variables)} "
+                f"{type(self).__name__} needs one name per variable; got {len(variables)} "
                 f"variables and {len(names)} names."
             )
-        for variable, name in zip(variables, names):
+        for variable, var_name in zip(variables, names):
             if variable.dtype != tf.float32:
                 raise ValueError(
-                    f"AdamWeightDecay keeps float32 slots and updates float32 variables; "
-                    f"variable {name!r} has dtype {variable.dtype.name}."
+                    f"{type(self).__name__} keeps float32 slots and updates float32 "
+                    f"variables; variable {var_name!r} has dtype {variable.dtype.name}."
                 )
         if not weight_decay_rate >= 0:
             raise ValueError(f"weight_decay_rate must be >= 0, got {weight_decay_rate!r}.")
@@ -200,7 +213,7 @@ class AdamWeightDecay(tf.Module):
         self.epsilon = float(epsilon)
         self.exclude_from_weight_decay = tuple(exclude_from_weight_decay)
         self.names = tuple(names)
-        self.decay_flags = tuple(self._should_decay(name) for name in names)
+        self.decay_flags = tuple(self._should_decay(var_name) for var_name in names)
         # References, not the variables: tf.Module would otherwise track the model's
         # variables under the optimizer, giving them a second (and shorter, so preferred)
         # path in checkpoints.
@@ -226,50 +239,59 @@ class AdamWeightDecay(tf.Module):
         """The variables being optimized, as tf.Variables (Keras variables unwrapped)."""
         return tuple(ref.deref() for ref in self._variable_refs)
 
+    def slots(self, index: int) -> tuple[tf.Variable, tf.Variable]:
+        """The slot variables (m, v) of variable `index`."""
+        return self.m[index], self.v[index]
+
     def decays_weight(self, index: int) -> bool:
         """Whether variable `index` is weight-decayed."""
         return self.decay_flags[index]
 
-    def update(self, index: int, variable, gradient, learning_rate):
-        """Applies one AdamW update to variable `index` and its slots.
+    def update(
+        self, index: int, variable, gradient, learning_rate, count=None, slots=None
+    ) -> tf.Operation | None:
+        """Applies one update to variable `index` and its slots.
 
-        Reads and assigns `variable` as given and the slots `self.m[index]`,
-        `self.v[index]`. When the variable has a copy on each of several devices, call this
-        once per copy, each time with that copy as `variable` and in a context where the
-        slots resolve to their copies on the same device, and with the same
-        already-averaged gradient on every device.
+        Reads and assigns `variable` and `slots` as given. When the variable has a copy on
+        each of several devices, call this once per copy, each time with that copy as
+        `variable`, the slots' copies on the same device as `slots` (or, inside
+        `strategy.extended.update`, `slots=None`, where the slot variables resolve to
+        the local copies), and the same already-reduced gradient on every device.
 
         Args:
             index: position of the variable in the constructor's list.
             variable: the variable (or one device's copy of it) to update.
             gradient: float32 tensor shaped like the variable (IndexedSlices are densified).
             learning_rate: scalar, Python float or float32 tensor.
+            count: the 1-based number of this update (float or tensor); needed by
+                optimizers with bias correction (LAMB), ignored by AdamW.
+            slots: (m, v) variables to use instead of `self.slots(index)`.
 
         Returns:
             The grouped assignment op (None when executing eagerly).
         """
         variable = _as_tf_variable(variable)
-        m, v = self.m[index], self.v[index]
+        m, v = slots if slots is not None else self.slots(index)
         gradient = tf.convert_to_tensor(gradient, dtype=tf.float32)
         learning_rate = tf.convert_to_tensor(learning_rate, dtype=tf.float32)
-
         next_m = self.beta_1 * m + (1.0 - self.beta_1) * gradient
         next_v = self.beta_2 * v + (1.0 - self.beta_2) * tf.square(gradient)
-        update = next_m / (tf.sqrt(next_v) + self.epsilon)
-        if self.decay_flags[index]:
-            # Decoupled weight decay (Loshchilov & Hutter): added to the Adam step rather
-            # than to the loss, so it does not pass through m and v.
-            update += self.weight_decay_rate * variable
-        next_variable = variable - learning_rate * update
+        step = self._step(index, variable, next_m, next_v, count)
+        next_variable = variable - learning_rate * step
         return tf.group(m.assign(next_m), v.assign(next_v), variable.assign(next_variable))
 
-    def apply_gradients(self, gradients: Sequence, learning_rate):
+    def _step(self, index: int, variable, next_m, next_v, count) -> tf.Tensor:
+        """The update direction (before the learning rate) from the new moments."""
+        raise NotImplementedError
+
+    def apply_gradients(self, gradients: Sequence, learning_rate, count=None):
         """Updates every variable with its gradient, on a single device.
 
         Args:
             gradients: one gradient per variable, in the constructor's order; a variable
                 whose gradient is None is left alone (as in the original).
             learning_rate: scalar, Python float or float32 tensor.
+            count: the 1-based number of this update (see `update`).
 
         Returns:
             The grouped assignment op (None when executing eagerly).
@@ -282,11 +304,92 @@ class AdamWeightDecay(tf.Module):
                 "variables; pass one per variable (None to skip one)."
             )
         ops = [
-            self.update(index, variable, gradient, learning_rate)
+            self.update(index, variable, gradient, learning_rate, count)
             for index, (variable, gradient) in enumerate(zip(variables, gradients))
             if gradient is not None
         ]
         return tf.group(*ops)
+
+
+class AdamWeightDecay(_AdamFamily):
+    """Adam with decoupled weight decay and no bias correction, as in the original BERT.
+
+    For a variable p with gradient g, one update is::
+
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g * g
+        update = m / (sqrt(v) + epsilon)
+        if decays_weight(p): update += weight_decay_rate * p
+        p = p - learning_rate * update
+
+    Unlike `keras.optimizers.AdamW` there is no bias correction of m and v, and the decay
+    is scaled by the learning rate exactly as above; this is what BERT checkpoints were
+    trained with. See `_AdamFamily` for the slots and the per-variable contract.
+    """
+
+    def __init__(self, variables: Sequence, names: Sequence[str], **kwargs):
+        super().__init__(variables, names, name="adam_weight_decay", **kwargs)
+
+    def _step(self, index, variable, next_m, next_v, count):
+        update = next_m / (tf.sqrt(next_v) + self.epsilon)
+        if self.decay_flags[index]:
+            # Decoupled weight decay (Loshchilov & Hutter): added to the Adam step rather
+            # than to the loss, so it does not pass through m and v.
+            update += self.weight_decay_rate * variable
+        return update
+
+
+class Lamb(_AdamFamily):
+    """LAMB: layer-wise adaptive moments (You et al., 2019, "Large Batch Optimization for
+    Deep Learning: Training BERT in 76 minutes", algorithm 2), as NVIDIA trains BERT.
+
+    For a variable p with gradient g, after t updates (count = t, 1-based)::
+
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g * g
+        m_hat = m / (1 - beta_1 ** t);  v_hat = v / (1 - beta_2 ** t)   # bias correction
+        update = m_hat / (sqrt(v_hat) + epsilon)
+        if adapts(p):
+            update += weight_decay_rate * p
+            update *= trust ratio ||p|| / ||update||   (1 when either norm is 0)
+        p = p - learning_rate * update
+
+    LayerNorm and bias variables (`exclude_from_weight_decay`) get neither the weight
+    decay nor the trust ratio, as in NVIDIA's recipe; the per-tensor norms are those of
+    the whole variable (each device holds a full copy). Defaults: NVIDIA's recipe
+    (weight decay 0.01, epsilon 1e-6).
+    """
+
+    def __init__(self, variables: Sequence, names: Sequence[str], **kwargs):
+        super().__init__(variables, names, name="lamb", **kwargs)
+
+    def _step(self, index, variable, next_m, next_v, count):
+        if count is None:
+            raise ValueError("Lamb.update needs `count`, the 1-based number of the update")
+        # 1 - beta ** t in float64: for beta_2 = 0.999 and small t it is ~1e-3, and
+        # forming it in float32 would cancel away ~5 significant bits.
+        count = tf.cast(count, tf.float64)
+        m_correction = tf.cast(
+            1.0 - tf.pow(tf.constant(self.beta_1, tf.float64), count), tf.float32
+        )
+        v_correction = tf.cast(
+            1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), count), tf.float32
+        )
+        m_hat = next_m / m_correction
+        v_hat = next_v / v_correction
+        update = m_hat / (tf.sqrt(v_hat) + self.epsilon)
+        if not self.decay_flags[index]:
+            return update
+        update += self.weight_decay_rate * variable
+        weight_norm = tf.norm(variable)
+        update_norm = tf.norm(update)
+        trust_ratio = tf.where(
+            (weight_norm > 0.0) & (update_norm > 0.0), weight_norm / update_norm, 1.0
+        )
+        return trust_ratio * update
+
+
+OPTIMIZERS = {"adamw": AdamWeightDecay, "lamb": Lamb}
 
 
 # ---------------------------------------------------------------------------------------

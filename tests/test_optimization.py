@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import optimization
-from optimization import AdamWeightDecay, LinearWarmupLinearDecay, clip_by_global_norm
+from optimization import AdamWeightDecay, WarmupPolynomialDecay, clip_by_global_norm
 
 SCHEDULE = dict(peak_learning_rate=1e-4, num_warmup_steps=10, num_train_steps=100)
 
@@ -43,7 +43,7 @@ SHAPES = ((4,), (5,), (3, 4))
 )
 def test_learning_rate_hand_computed(step, expected):
     assert optimization.learning_rate(step, **SCHEDULE) == pytest.approx(expected, abs=1e-15)
-    tf_rate = LinearWarmupLinearDecay(**SCHEDULE)(tf.constant(step)).numpy()
+    tf_rate = WarmupPolynomialDecay(**SCHEDULE)(tf.constant(step)).numpy()
     assert tf_rate == pytest.approx(expected, rel=1e-7, abs=1e-15)
 
 
@@ -64,7 +64,7 @@ def test_learning_rate_without_warmup_starts_at_peak():
     ],
 )
 def test_tf_schedule_equals_python_schedule(schedule):
-    tf_schedule = LinearWarmupLinearDecay(**schedule)
+    tf_schedule = WarmupPolynomialDecay(**schedule)
     steps = np.arange(0, 160)
     compiled = tf.function(lambda s: tf.map_fn(tf_schedule, s, fn_output_signature=tf.float32))
     for dtype in (tf.int32, tf.int64):
@@ -79,10 +79,30 @@ def test_tf_schedule_equals_python_schedule(schedule):
     assert tf_schedule(step).numpy() == np.float32(optimization.learning_rate(12, **schedule))
 
 
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 0.0),
+        (5, 5e-5),  # warm-up is linear whatever the power
+        (10, 1e-4 * 0.9**0.5),  # decay from step 0: sqrt(1 - 10/100)
+        (19, 1e-4 * 0.81**0.5),  # = 0.9e-4 exactly in real numbers
+        (64, 1e-4 * 0.6),  # sqrt(0.36)
+        (100, 0.0),
+        (130, 0.0),
+    ],
+)
+def test_polynomial_decay_hand_computed(step, expected):
+    schedule = dict(SCHEDULE, power=0.5)
+    assert optimization.learning_rate(step, **schedule) == pytest.approx(expected, rel=1e-12)
+    tf_rate = WarmupPolynomialDecay(**schedule)(tf.constant(step)).numpy()
+    # float64 → float32 rounding: half an ulp, 2^-24 relative.
+    assert tf_rate == pytest.approx(expected, rel=2**-24, abs=1e-15)
+
+
 def test_tf_schedule_config_round_trips():
-    config = LinearWarmupLinearDecay(**SCHEDULE).get_config()
-    assert config == SCHEDULE
-    assert LinearWarmupLinearDecay(**config)(5).numpy() == np.float32(5e-5)
+    config = WarmupPolynomialDecay(**SCHEDULE).get_config()
+    assert config == dict(SCHEDULE, power=1.0)
+    assert WarmupPolynomialDecay(**config)(5).numpy() == np.float32(5e-5)
 
 
 @pytest.mark.parametrize(
@@ -92,6 +112,7 @@ def test_tf_schedule_config_round_trips():
         (dict(peak_learning_rate=-1e-4), "peak_learning_rate must be > 0"),
         (dict(num_train_steps=0), "num_train_steps must be > 0"),
         (dict(num_warmup_steps=-1), "num_warmup_steps must be >= 0"),
+        (dict(power=0.0), "power must be > 0"),
     ],
 )
 def test_schedule_rejects_bad_arguments(bad, message):
@@ -99,7 +120,7 @@ def test_schedule_rejects_bad_arguments(bad, message):
     with pytest.raises(ValueError, match=message):
         optimization.learning_rate(0, **arguments)
     with pytest.raises(ValueError, match=message):
-        LinearWarmupLinearDecay(**arguments)
+        WarmupPolynomialDecay(**arguments)
 
 
 def test_learning_rate_rejects_negative_step():
@@ -165,6 +186,88 @@ def test_adamw_matches_numpy_reference(kind):
         assert_close([v.numpy() for v in opt.v], vs)
     # The weights did move (lr was 0 only for step 0).
     assert not np.allclose(variables[2].numpy(), initial[2])
+
+
+def numpy_lamb_step(params, ms, vs, grads, lr, count, adapts, wd=0.01, b1=0.9, b2=0.999,
+                    eps=1e-6):  # fmt: skip
+    """One LAMB step (You et al. 2019, algorithm 2, NVIDIA's exclusions) in float64 NumPy."""
+    new_params, new_ms, new_vs = [], [], []
+    for p, m, v, g, adapt in zip(params, ms, vs, grads, adapts):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat = m / (1 - b1**count)
+        v_hat = v / (1 - b2**count)
+        direction = m_hat / (np.sqrt(v_hat) + eps)
+        if adapt:
+            direction = direction + wd * p
+            w_norm, u_norm = np.linalg.norm(p), np.linalg.norm(direction)
+            direction = direction * (w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0)
+        new_params.append(p - lr * direction)
+        new_ms.append(m)
+        new_vs.append(v)
+    return new_params, new_ms, new_vs
+
+
+@pytest.mark.parametrize("kind", ["tf", "keras"])
+def test_lamb_matches_numpy_reference(kind):
+    rng = np.random.default_rng(3)
+    # Weights of very different scales: the trust ratio ||w|| / ||update|| differs per
+    # tensor, which is what LAMB adds over Adam.
+    initial = [(rng.normal(size=s) * scale).astype(np.float32)
+               for s, scale in zip(SHAPES, (1.0, 0.1, 3.0))]  # fmt: skip
+    grads = [[rng.normal(size=s).astype(np.float32) for s in SHAPES] for _ in range(6)]
+    schedule = dict(peak_learning_rate=0.05, num_warmup_steps=2, num_train_steps=8, power=0.5)
+
+    variables = make_variables(kind, initial)
+    opt = optimization.Lamb(variables, NAMES)
+    assert opt.decay_flags == (False, False, True)  # LayerNorm and bias are not adapted
+
+    params = [x.astype(np.float64) for x in initial]
+    ms = [np.zeros(s) for s in SHAPES]
+    vs = [np.zeros(s) for s in SHAPES]
+    for step in range(6):
+        lr = optimization.learning_rate(step, **schedule)
+        opt.apply_gradients([tf.constant(g) for g in grads[step]], lr, count=step + 1)
+        params, ms, vs = numpy_lamb_step(
+            params, ms, vs, [g.astype(np.float64) for g in grads[step]], lr, step + 1,
+            opt.decay_flags,
+        )  # fmt: skip
+        assert_close([v.numpy() for v in variables], params)
+        assert_close([m.numpy() for m in opt.m], ms)
+        assert_close([v.numpy() for v in opt.v], vs)
+    # The trust ratio matters: an Adam step of the same moments would land elsewhere.
+    adam_params = [x.astype(np.float64) for x in initial]
+    adam_ms = [np.zeros(s) for s in SHAPES]
+    adam_vs = [np.zeros(s) for s in SHAPES]
+    for step in range(6):
+        lr = optimization.learning_rate(step, **schedule)
+        adam_params, adam_ms, adam_vs = numpy_lamb_step(
+            adam_params, adam_ms, adam_vs, [g.astype(np.float64) for g in grads[step]], lr,
+            step + 1, (False, False, False),
+        )  # fmt: skip
+    assert not np.allclose(adam_params[2], params[2], rtol=1e-3)
+
+
+def test_lamb_bias_correction_makes_the_first_step_the_sign_of_the_gradient():
+    # At count 1, m_hat = g and v_hat = g^2, so an unadapted variable moves by
+    # lr * g / (|g| + eps): a step of lr in the direction of -sign(g).
+    gradient = np.array([1e-3, -2.0, 5e2, -7e-2, 1.0], np.float32)
+    variable = tf.Variable(np.zeros(5, np.float32))
+    opt = optimization.Lamb([variable], ["cls/predictions/output_bias"])
+    opt.apply_gradients([tf.constant(gradient)], 0.1, count=1)
+    expected = -0.1 * gradient / (np.abs(gradient) + 1e-6)
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs `count`"):
+        opt.apply_gradients([tf.constant(gradient)], 0.1)
+
+
+def test_lamb_trust_ratio_is_one_for_zero_weights():
+    # A decayed kernel at exactly 0: ||w|| = 0 gives a trust ratio of 1, not 0 or NaN.
+    variable = tf.Variable(np.zeros((2, 3), np.float32))
+    opt = optimization.Lamb([variable], ["bert/pooler/dense/kernel"])
+    gradient = np.full((2, 3), 0.5, np.float32)
+    opt.apply_gradients([tf.constant(gradient)], 0.1, count=1)
+    np.testing.assert_allclose(variable.numpy(), -0.1 * 0.5 / (0.5 + 1e-6), rtol=1e-6)
 
 
 def test_weight_decay_applies_to_kernels_only():
@@ -314,7 +417,7 @@ def test_mirrored_update_matches_numpy_reference():
         variables = [keras.Variable(initial[0])] + make_variables("tf", initial[1:])
         opt = AdamWeightDecay(variables, NAMES)
         step_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
-    lr_schedule = LinearWarmupLinearDecay(**schedule)
+    lr_schedule = WarmupPolynomialDecay(**schedule)
     model_variables = opt.model_variables
 
     def replica_gradients(x):

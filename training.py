@@ -1,0 +1,1069 @@
+"""The Trainer: compiled training steps (precision, XLA, accumulation), the loop, eval.
+
+One optimizer step, as every replica runs it:
+
+    for each of K micro-batches:           (--gradient_accumulation_steps=K)
+        loss = (masked-LM loss sum / masked tokens of the WHOLE effective batch)
+             + (next-sentence loss sum / examples of the WHOLE effective batch)
+        grads += d(loss · loss_scale)/dw    (loss_scale = 1 except in fp16)
+    grads = all-reduce SUM over replicas    (the gradient of the global loss)
+    grads /= loss_scale; norm = ||grads||
+    if norm and loss are finite: clip to norm 1.0, AdamW or LAMB update of the local copy
+    else: skip the step (counted; fp16 halves its loss scale)
+
+so K micro-batches on R replicas of B examples train exactly like one device with a
+batch of K·R·B. With XLA the per-replica work is compiled: with one replica the whole
+step (forward, backward, clipping, update) is one XLA cluster; with several, the
+gradient computation and the update are two clusters and the all-reduce runs between
+them (MirroredStrategy can only put collectives inside XLA when every device is a GPU;
+this split works on GPUs and on logical CPU devices alike).
+
+N steps run per `tf.function` call (`--steps_per_loop`); logging, checkpoints and
+signal checks happen between calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import distribute
+import input_pipeline
+import modeling
+import optimization
+from create_pretraining_data import format_duration
+
+# Keras dtype policies of --precision. Variables, optimizer state and checkpoints stay
+# float32 in every case.
+PRECISION_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+CLIP_NORM = 1.0  # global gradient norm, as in the original release
+
+# Dynamic loss scaling for fp16 (Micikevicius et al., 2018, "Mixed precision training"):
+# start high, halve on a non-finite gradient (the step is skipped), double after this
+# many finite steps in a row. The scale never goes below 1.
+INITIAL_LOSS_SCALE = 2.0**15
+LOSS_SCALE_GROWTH_INTERVAL = 2000
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; built once from the flags (or directly by tests)."""
+
+    input_file: str
+    output_dir: str
+    bert_config_file: str
+    init_checkpoint: str | None = None
+    max_seq_length: int = 128
+    max_predictions_per_seq: int = 20
+    do_train: bool = False
+    do_eval: bool = False
+    eval_input_file: str | None = None
+    num_gpus: int | None = None
+    cpu_replicas: int = 0
+    batch_size: int = 32
+    eval_batch_size: int = 8
+    learning_rate: float = 5e-5
+    num_train_steps: int = 100_000
+    num_warmup_steps: int = 10_000
+    save_checkpoints_steps: int = 1000
+    keep_checkpoint_max: int = 5
+    max_eval_steps: int = 100
+    log_every_n_steps: int = 100
+    seed: int = 12345
+    # Speed
+    precision: str = "fp32"
+    xla: bool = True
+    gradient_accumulation_steps: int = 1
+    steps_per_loop: int = 100
+    # Optimizer
+    optimizer: str = "adamw"
+    poly_power: float = 1.0
+    weight_decay_rate: float = 0.01
+    # Safety
+    max_nonfinite_steps: int = 5
+    # Input
+    shuffle_buffer: int = 10_000
+    cycle_length: int = 4
+
+    def __post_init__(self):
+        problems = []
+        positive = ("max_seq_length", "max_predictions_per_seq", "batch_size", "eval_batch_size")
+        positive += ("num_train_steps", "save_checkpoints_steps", "log_every_n_steps")
+        positive += ("keep_checkpoint_max", "gradient_accumulation_steps", "steps_per_loop")
+        positive += ("max_nonfinite_steps", "shuffle_buffer", "cycle_length")
+        for name in positive:
+            if getattr(self, name) < 1:
+                problems.append(f"--{name}={getattr(self, name)}: expected a positive integer")
+        if self.num_warmup_steps < 0:
+            problems.append(f"--num_warmup_steps={self.num_warmup_steps}: expected >= 0")
+        if self.max_eval_steps < 0:
+            problems.append(f"--max_eval_steps={self.max_eval_steps}: expected >= 0 (0: all)")
+        if not self.learning_rate > 0:
+            problems.append(f"--learning_rate={self.learning_rate}: expected > 0")
+        if self.cpu_replicas < 0:
+            problems.append(f"--cpu_replicas={self.cpu_replicas}: expected >= 0")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            problems.append(f"--num_gpus={self.num_gpus}: expected >= 0 (0: one CPU replica)")
+        if self.num_gpus and self.cpu_replicas:
+            problems.append("--num_gpus and --cpu_replicas exclude each other: choose one")
+        if self.precision not in PRECISION_POLICIES:
+            problems.append(
+                f"--precision={self.precision}: expected one of {', '.join(PRECISION_POLICIES)}"
+            )
+        if self.optimizer not in optimization.OPTIMIZERS:
+            problems.append(
+                f"--optimizer={self.optimizer}: expected one of "
+                + ", ".join(optimization.OPTIMIZERS)
+            )
+        if not self.poly_power > 0:
+            problems.append(f"--poly_power={self.poly_power}: expected > 0")
+        if not self.weight_decay_rate >= 0:
+            problems.append(f"--weight_decay_rate={self.weight_decay_rate}: expected >= 0")
+        if not (self.do_train or self.do_eval):
+            problems.append("nothing to do: pass --do_train and/or --do_eval")
+        if problems:
+            raise ValueError("invalid flags:\n  " + "\n  ".join(problems))
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Model, loss and the distributed steps
+
+
+def pretraining_sums(model, batch: dict, training: bool, dropout_seed=None) -> dict:
+    """Loss and accuracy SUMS and COUNTS of one replica's batch (no normalisation)."""
+    outputs = model(batch, training=training, dropout_seed=dropout_seed)
+    mlm = modeling.masked_lm_sums(
+        outputs["mlm_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
+    )
+    nsp = modeling.next_sentence_sums(
+        outputs["nsp_logits"], batch["next_sentence_labels"], batch[input_pipeline.EXAMPLE_WEIGHT]
+    )
+    return {
+        "mlm_loss_sum": mlm["loss_sum"],
+        "mlm_count": mlm["weight_sum"],
+        "mlm_correct": mlm["correct_sum"],
+        "nsp_loss_sum": nsp["loss_sum"],
+        "nsp_count": nsp["count"],
+        "nsp_correct": nsp["correct_sum"],
+    }
+
+
+SUM_KEYS = ("mlm_loss_sum", "mlm_count", "mlm_correct", "nsp_loss_sum", "nsp_count", "nsp_correct")
+
+
+def global_loss(sums: dict, mlm_count, nsp_count):
+    """This replica's share of the global loss: its sums over the GLOBAL counts.
+
+    Summing these shares (and their gradients) over replicas and micro-batches gives
+    exactly the loss of the whole effective batch: mean masked-LM loss over all masked
+    tokens plus mean next-sentence loss over all examples, as one device with the
+    effective batch computes.
+    """
+    return sums["mlm_loss_sum"] / tf.maximum(mlm_count, 1.0) + sums["nsp_loss_sum"] / tf.maximum(
+        nsp_count, 1.0
+    )
+
+
+def _local_component(variable, local_index: int):
+    """This device's copy of a (possibly mirrored) variable."""
+    strategy = tf.distribute.get_strategy()
+    components = strategy.experimental_local_results(variable)
+    return components[local_index] if len(components) > 1 else components[0]
+
+
+class Trainer:
+    """The model, optimizer, step counters and compiled steps of one run.
+
+    Attributes:
+        model: the BertPretrainingModel (float32 variables; compute dtype per precision).
+        optimizer: AdamWeightDecay or Lamb.
+        step: optimizer steps taken (applied or skipped): the position in the schedule
+            and in the data.
+        updates: optimizer updates applied (steps whose gradients were finite).
+        skipped_steps: steps not applied because the loss or gradient was not finite.
+        nonfinite_streak: consecutive skipped steps that loss scaling does not explain
+            (the NaN guard stops training when it reaches --max_nonfinite_steps).
+        loss_scale: the fp16 loss scale (1 otherwise).
+    """
+
+    def __init__(self, strategy, bert_config: modeling.BertConfig, config: TrainConfig):
+        self.strategy = strategy
+        self.config = config
+        self.num_replicas = strategy.num_replicas_in_sync
+        self.local_replicas = len(strategy.extended.worker_devices)
+        self.accumulation = config.gradient_accumulation_steps
+        self.use_loss_scale = config.precision == "fp16"
+        self.xla = config.xla
+        # The initial weights are a function of --seed.
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            self.model = modeling.BertPretrainingModel(
+                bert_config, dtype=PRECISION_POLICIES[config.precision]
+            )
+            self.model.build_weights()
+            names = modeling.original_name_map(self.model)
+            by_id = {id(v): name for name, v in names.items()}
+            self.variables = list(self.model.trainable_variables)
+            self.variable_names = [by_id[id(v)] for v in self.variables]
+            self.optimizer = optimization.OPTIMIZERS[config.optimizer](
+                self.variables, self.variable_names, weight_decay_rate=config.weight_decay_rate
+            )
+
+            def counter(name, dtype=tf.int64, initial=0):
+                return tf.Variable(
+                    initial,
+                    dtype=dtype,
+                    trainable=False,
+                    name=name,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+
+            self.step = counter("global_step")
+            self.updates = counter("updates")
+            self.skipped_steps = counter("skipped_steps")
+            self.nonfinite_streak = counter("nonfinite_streak")
+            initial_scale = INITIAL_LOSS_SCALE if self.use_loss_scale else 1.0
+            self.loss_scale = counter("loss_scale", tf.float32, initial_scale)
+            self.good_steps = counter("good_steps")  # finite steps since the scale changed
+        self.schedule = optimization.WarmupPolynomialDecay(
+            peak_learning_rate=config.learning_rate,
+            num_warmup_steps=config.num_warmup_steps,
+            num_train_steps=config.num_train_steps,
+            power=config.poly_power,
+        )
+        self._model_variables = self.optimizer.model_variables
+        compile_ = functools.partial(tf.function, jit_compile=True, reduce_retracing=True)
+        if self.xla and self.num_replicas > 1:
+            self._gradients = compile_(self._gradients_fn)
+            self._apply = compile_(self._apply_fn)
+            self._whole_replica_step = None
+        elif self.xla:
+            self._gradients, self._apply = self._gradients_fn, self._apply_fn
+            self._whole_replica_step = compile_(self._replica_work)
+        else:
+            self._gradients, self._apply = self._gradients_fn, self._apply_fn
+            self._whole_replica_step = None
+        self._eval_replica = compile_(self._eval_fn) if self.xla else self._eval_fn
+
+    def checkpoint_objects(self) -> dict:
+        """What a training checkpoint holds besides the input position."""
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "step": self.step,
+            "updates": self.updates,
+            "skipped_steps": self.skipped_steps,
+            "loss_scale": self.loss_scale,
+            "good_steps": self.good_steps,
+        }
+
+    # -- the replica's work ----------------------------------------------------------
+
+    def _gradients_fn(self, batch, mlm_count, nsp_count, loss_scale, step, replica_id: int):
+        """Accumulated gradients of this replica's K micro-batches, and their sums.
+
+        Args:
+            batch: this replica's rows, each feature [K, B, ...].
+            mlm_count, nsp_count: masked tokens and examples of the whole effective batch.
+            loss_scale: float32 scalar; the loss is multiplied by it before the gradient.
+            step: int64 scalar, the optimizer step (dropout masks depend on it).
+            replica_id: this replica's index among all replicas (a Python int).
+
+        Returns:
+            (gradients, one float32 tensor per variable, of loss · loss_scale; the metric
+            sums plus "loss", this replica's share of the unscaled global loss).
+        """
+        num_micro = self.accumulation
+        seed = tf.constant(self.config.seed, tf.int64)
+
+        def micro_batch(k):
+            features = {name: value[k] for name, value in batch.items()}
+            # Dropout masks are a pure function of (seed, step, micro-batch, replica):
+            # resumable without saved random state.
+            slot = (step * num_micro + tf.cast(k, tf.int64)) * self.num_replicas + replica_id
+            with tf.GradientTape() as tape:
+                sums = pretraining_sums(
+                    self.model, features, training=True, dropout_seed=tf.stack([seed, slot])
+                )
+                loss = global_loss(sums, mlm_count, nsp_count)
+                scaled = loss * loss_scale if self.use_loss_scale else loss
+            grads = tape.gradient(scaled, self.variables)
+            # Embedding lookups give sparse (IndexedSlices) gradients whose row counts
+            # differ between replicas and micro-batches: sum them densely.
+            grads = [tf.convert_to_tensor(g) for g in grads]
+            sums["loss"] = loss
+            return grads, sums
+
+        grads, sums = micro_batch(0)
+        if num_micro == 1:
+            return grads, sums
+        for k in tf.range(1, num_micro):
+            more_grads, more_sums = micro_batch(k)
+            grads = [a + b for a, b in zip(grads, more_grads)]
+            sums = {name: sums[name] + more_sums[name] for name in sums}
+        return grads, sums
+
+    def _apply_fn(self, grads, loss, learning_rate, count, loss_scale, local_index: int):
+        """Unscales, checks, clips and applies the reduced gradients to the local copy.
+
+        Returns:
+            (global gradient norm before clipping, whether the update was applied).
+        """
+        if self.use_loss_scale:
+            grads = [g * (1.0 / loss_scale) for g in grads]
+        grad_norm = tf.linalg.global_norm(grads)
+        # A finite norm means every gradient is finite (a NaN or Inf anywhere propagates
+        # into the sum of squares): one scalar test instead of one per tensor.
+        finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(loss)
+
+        def update():
+            clipped, _ = tf.clip_by_global_norm(grads, CLIP_NORM, use_norm=grad_norm)
+            ops = []
+            for index, (variable, grad) in enumerate(zip(self._model_variables, clipped)):
+                slots = tuple(_local_component(s, local_index) for s in self.optimizer.slots(index))
+                variable = _local_component(variable, local_index)
+                ops.append(
+                    self.optimizer.update(index, variable, grad, learning_rate, count, slots=slots)
+                )
+            with tf.control_dependencies(ops):
+                return tf.constant(True)
+
+        applied = tf.cond(finite, update, lambda: tf.constant(False))
+        return grad_norm, applied
+
+    def _replica_work(self, batch, mlm_count, nsp_count, learning_rate, count, loss_scale, step):
+        """Everything one replica does in a step; runs under `strategy.run`."""
+        context = tf.distribute.get_replica_context()
+        replica_id = int(tf.get_static_value(context.replica_id_in_sync_group))
+        local_index = replica_id % self.local_replicas
+        grads, sums = self._gradients(batch, mlm_count, nsp_count, loss_scale, step, replica_id)
+        if self.num_replicas > 1:
+            # The gradient of the global loss is the sum of every replica's share; the
+            # loss rides along so that every replica sees the same finiteness.
+            reduced = context.all_reduce("sum", [*grads, sums["loss"]])
+            grads, loss = reduced[:-1], reduced[-1]
+        else:
+            loss = sums["loss"]
+        grad_norm, applied = self._apply(grads, loss, learning_rate, count, loss_scale, local_index)
+        result = {name: sums[name] for name in SUM_KEYS}
+        result.update(grad_norm=grad_norm, applied=applied, loss=loss)
+        return result
+
+    def _replica_step(self, *args):
+        if self._whole_replica_step is not None:
+            return self._whole_replica_step(*args)
+        return self._replica_work(*args)
+
+    # -- the cross-replica step -------------------------------------------------------
+
+    def _distribute(self, global_batch: dict, micro_batches: int):
+        """Hands every replica its rows of a global batch, as [K, B, ...] features."""
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: input_pipeline.replica_micro_batches(
+                global_batch, ctx.replica_id_in_sync_group, self.num_replicas, micro_batches
+            )
+        )
+
+    def _first(self, value):
+        """The first local replica's copy of a value every replica holds identically."""
+        return self.strategy.experimental_local_results(value)[0]
+
+    def _train_step(self, iterator) -> dict:
+        global_batch = next(iterator)
+        mlm_count = tf.reduce_sum(global_batch["masked_lm_weights"])
+        nsp_count = tf.reduce_sum(global_batch[input_pipeline.EXAMPLE_WEIGHT])
+        batch = self._distribute(global_batch, self.accumulation)
+        step = self.step.read_value()
+        learning_rate = self.schedule(step)
+        count = tf.cast(self.updates.read_value() + 1, tf.float32)
+        loss_scale = self.loss_scale.read_value()
+        results = self.strategy.run(
+            self._replica_step,
+            args=(batch, mlm_count, nsp_count, learning_rate, count, loss_scale, step),
+        )
+        applied = self._first(results["applied"])
+        loss = self._first(results["loss"])
+        # A skipped fp16 step with a finite loss and room to lower the scale is loss
+        # scaling at work; anything else non-finite counts towards the NaN guard.
+        if self.use_loss_scale:
+            explained = tf.math.is_finite(loss) & (loss_scale > 1.0)
+            alarming = tf.logical_not(applied) & tf.logical_not(explained)
+            grown = self.good_steps + 1 >= LOSS_SCALE_GROWTH_INTERVAL
+            self.loss_scale.assign(
+                tf.where(
+                    applied,
+                    tf.where(grown, loss_scale * 2.0, loss_scale),
+                    tf.maximum(loss_scale * 0.5, 1.0),
+                )
+            )
+            self.good_steps.assign(
+                tf.where(applied & tf.logical_not(grown), self.good_steps + 1, 0)
+            )
+        else:
+            alarming = tf.logical_not(applied)
+        skipped = tf.cast(tf.logical_not(applied), tf.int64)
+        self.nonfinite_streak.assign(tf.where(alarming, self.nonfinite_streak + 1, 0))
+        self.skipped_steps.assign_add(skipped)
+        self.updates.assign_add(1 - skipped)
+        self.step.assign_add(1)
+        sums = {name: self.strategy.reduce("sum", results[name], axis=None) for name in SUM_KEYS}
+        loss_finite = tf.math.is_finite(sums["mlm_loss_sum"] + sums["nsp_loss_sum"])
+        # Metrics of non-finite steps would turn the logged averages into NaN.
+        metrics = {name: tf.where(loss_finite, value, 0.0) for name, value in sums.items()}
+        applied_float = tf.cast(applied, tf.float32)
+        metrics["grad_norm_sum"] = tf.where(applied, self._first(results["grad_norm"]), 0.0)
+        metrics["applied_steps"] = applied_float
+        metrics["skipped_steps"] = 1.0 - applied_float
+        metrics["nonfinite_steps"] = tf.cast(alarming, tf.float32)
+        metrics["learning_rate"] = learning_rate
+        metrics["loss_scale"] = loss_scale
+        return metrics
+
+    @tf.function
+    def train_steps(self, iterator, num_steps) -> dict:
+        """Runs `num_steps` optimizer steps on the next global batches of `iterator`.
+
+        Args:
+            iterator: a plain iterator of global batches (K·R·B rows each).
+            num_steps: int32/int64 scalar tensor (a tensor, so that every loop length
+                shares one trace).
+
+        Returns:
+            float32 scalars summed over the steps: the metric sums (of the steps whose
+            loss was finite), grad_norm_sum (of applied steps), applied_steps,
+            skipped_steps, nonfinite_steps; and of the last step: learning_rate,
+            loss_scale.
+        """
+        totals = {name: tf.constant(0.0) for name in (*SUM_KEYS, "grad_norm_sum")}
+        totals.update(applied_steps=0.0, skipped_steps=0.0, nonfinite_steps=0.0)
+        last = {"learning_rate": tf.constant(0.0), "loss_scale": tf.constant(0.0)}
+        for _ in tf.range(num_steps):
+            metrics = self._train_step(iterator)
+            totals = {name: totals[name] + metrics[name] for name in totals}
+            last = {name: metrics[name] for name in last}
+        return dict(totals, **last)
+
+    def train_step(self, iterator) -> dict:
+        """One optimizer step; see `train_steps`."""
+        return self.train_steps(iterator, tf.constant(1, tf.int64))
+
+    # -- evaluation ----------------------------------------------------------------
+
+    def _eval_fn(self, batch):
+        features = {name: value[0] for name, value in batch.items()}  # K = 1
+        return pretraining_sums(self.model, features, training=False)
+
+    @tf.function
+    def eval_step(self, global_batch: dict) -> dict:
+        batch = self._distribute(global_batch, 1)
+        sums = self.strategy.run(self._eval_replica, args=(batch,))
+        return {name: self.strategy.reduce("sum", v, axis=None) for name, v in sums.items()}
+
+    def evaluate(self, files: Sequence[str], max_eval_steps: int) -> dict:
+        """Masked-LM and next-sentence loss and accuracy over the eval files.
+
+        Returns:
+            The original release's eval keys: global_step, loss (masked_lm_loss +
+            next_sentence_loss), masked_lm_accuracy, masked_lm_loss,
+            next_sentence_accuracy, next_sentence_loss; plus eval_examples, eval_steps
+            and masked_lm_most_frequent_accuracy (the accuracy of always predicting
+            the most frequent masked token: the floor to beat).
+        """
+        dataset = input_pipeline.eval_dataset(
+            files,
+            self.config.eval_batch_size * self.num_replicas,
+            self.config.max_seq_length,
+            self.config.max_predictions_per_seq,
+        )
+        totals: dict[str, float] = {}
+        # Masked-token frequencies, for the accuracy of always predicting the most
+        # frequent one: the floor a model must clear to have learnt anything.
+        target_counts = np.zeros(self.model.config.vocab_size)
+        steps = 0
+        for global_batch in dataset:
+            if max_eval_steps and steps >= max_eval_steps:
+                break
+            for name, value in self.eval_step(global_batch).items():
+                totals[name] = totals.get(name, 0.0) + float(value)
+            np.add.at(
+                target_counts,
+                global_batch["masked_lm_ids"].numpy().ravel(),
+                global_batch["masked_lm_weights"].numpy().ravel(),
+            )
+            steps += 1
+        if not steps:
+            raise ValueError(f"the eval data ({', '.join(files)}) holds no examples")
+        results = summarize(totals)
+        results["global_step"] = int(self.step.numpy())
+        results["eval_examples"] = int(totals["nsp_count"])
+        results["masked_lm_most_frequent_accuracy"] = target_counts.max() / totals["mlm_count"]
+        results["eval_steps"] = steps
+        return results
+
+
+def summarize(totals: dict) -> dict:
+    """Global sums → losses and accuracies (normalised by the global counts).
+
+    "loss" is masked_lm_loss + next_sentence_loss, the quantity training minimises.
+    """
+    mlm_count = max(totals["mlm_count"], 1e-9)
+    nsp_count = max(totals["nsp_count"], 1e-9)
+    return {
+        "masked_lm_loss": totals["mlm_loss_sum"] / mlm_count,
+        "masked_lm_accuracy": totals["mlm_correct"] / mlm_count,
+        "next_sentence_loss": totals["nsp_loss_sum"] / nsp_count,
+        "next_sentence_accuracy": totals["nsp_correct"] / nsp_count,
+        "loss": totals["mlm_loss_sum"] / mlm_count + totals["nsp_loss_sum"] / nsp_count,
+    }
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+# ----------------------------------------------------------------------------------------
+# Files of the output directory (local or gs://: everything goes through tf.io.gfile)
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _absolute(path: str) -> str:
+    return path if _is_url(path) else os.path.abspath(path)
+
+
+def _same_file(a: str, b: str) -> bool:
+    if _is_url(a) or _is_url(b):
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes under a hidden temporary name, then renames: never a half-written file."""
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+    try:
+        with tf.io.gfile.GFile(temporary, "w") as f:
+            f.write(text)
+        tf.io.gfile.rename(temporary, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(temporary):
+            tf.io.gfile.remove(temporary)
+        raise
+
+
+def _copy_file(source: str, destination: str) -> None:
+    """Copies `source` to `destination`; nothing to do when they are the same file."""
+    # tf.io.gfile.copy(a, a, overwrite=True) truncates `a` to 0 bytes.
+    if _same_file(source, destination):
+        return
+    with tf.io.gfile.GFile(source) as f:
+        _write_atomically(destination, f.read())
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def resolve_checkpoint(path: str, flag: str = "--init_checkpoint") -> str:
+    """The checkpoint prefix `path` names: itself, or the newest one in a directory.
+
+    Raises:
+        ValueError: naming the flag and the path, if there is no checkpoint there.
+    """
+    expected = (
+        "expected a checkpoint prefix such as out/model.ckpt-1000 (the files "
+        "model.ckpt-1000.index and model.ckpt-1000.data-*), or a directory holding "
+        "checkpoints and their 'checkpoint' file (the newest is used)"
+    )
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"{flag}={path}: the directory holds no checkpoint; {expected}")
+        return latest
+    if path.endswith(".index") and tf.io.gfile.exists(path):
+        return path[: -len(".index")]
+    if not tf.io.gfile.exists(path + ".index"):
+        raise ValueError(f"{flag}={path}: no checkpoint there (no {path}.index); {expected}")
+    return path
+
+
+def short_error(error: BaseException) -> str:
+    """One readable line of an error; TensorFlow's can hold whole weight matrices."""
+    if isinstance(error, tf.errors.OpError):
+        return error.message
+    text = str(error)
+    if not isinstance(error, AssertionError):
+        return text
+    # "Found 16 Python objects that were not bound to checkpointed values, ...
+    # Showing 10 of 16 unmatched objects: [<Variable path=..., value=[[...]]>, ...]"
+    head = text.split("\n", 1)[0].split(" Showing ", 1)[0].split(": [", 1)[0][:300].rstrip(".")
+    names = re.findall(r"path=([^\s,>]+)", text)
+    return head + (f" (e.g. {', '.join(names[:3])})" if names else "")
+
+
+def _restore(checkpoint: tf.train.Checkpoint, path: str, what: str, partial: bool, hint: str):
+    """Restores `checkpoint` from `path`; a mismatch is a ValueError saying what and why.
+
+    Args:
+        partial: Only the objects of `checkpoint` must be found in `path` (e.g. the
+            weights of a full training checkpoint); else everything must match both ways.
+    """
+    try:
+        status = checkpoint.restore(path)
+    except tf.errors.OpError as e:  # e.g. a truncated or overwritten .index file
+        raise ValueError(f"{what} {path} cannot be read: {short_error(e)}") from e
+    except ValueError as e:  # a variable of another shape
+        raise ValueError(f"{what} {path} does not fit this model: {e}; {hint}") from e
+    try:
+        if partial:
+            status.expect_partial().assert_existing_objects_matched()
+        else:
+            status.assert_consumed()
+    except AssertionError as e:  # variables missing on one side
+        raise ValueError(f"{what} {path} does not fit this model: {short_error(e)}; {hint}") from e
+
+
+# ----------------------------------------------------------------------------------------
+# The run
+
+
+class _StopRequested:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between loops of steps."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        log(f"received signal {signum}: writing a checkpoint after these steps, then stopping")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# Settings that must not change when a run is resumed from its checkpoints: the data
+# position, the learning-rate schedule or the dropout masks would silently stop meaning
+# what they did. The input yields GLOBAL batches, so the replica count and the
+# accumulation may change if the effective batch does not.
+RESUME_KEYS = (
+    "train_files", "max_seq_length", "max_predictions_per_seq", "global_batch_size", "seed",
+    "learning_rate", "num_warmup_steps", "num_train_steps", "xla", "optimizer", "poly_power",
+    "weight_decay_rate", "shuffle_buffer", "cycle_length",
+)  # fmt: skip
+
+
+def _describe_change(key: str, saved: dict, now: dict) -> str:
+    old, new = saved[key], now[key]
+    if key == "global_batch_size":
+
+        def product(facts):
+            return (
+                f"{facts.get('batch_size')} × {facts.get('num_replicas')} × "
+                f"{facts.get('gradient_accumulation_steps')}"
+            )
+
+        return (
+            "effective batch (--batch_size × replicas × --gradient_accumulation_steps): "
+            f"{old} ({product(saved)}) then, {new} ({product(now)}) now"
+        )
+    if key == "train_files":
+        added = [f for f in new if f not in old]
+        removed = [f for f in old if f not in new]
+        parts = [f"{len(old)} file(s) then, {len(new)} now"]
+        for label, files in (("added", added), ("removed", removed)):
+            if files:
+                more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+                parts.append(f"{label}: {', '.join(files[:3])}{more}")
+        return "training files (--input_file): " + "; ".join(parts)
+    if key == "xla":
+        return (
+            f"--xla: {old!r} then, {new!r} now (XLA draws other dropout masks: the run "
+            "would not continue as it started)"
+        )
+    return f"--{key}: {old!r} then, {new!r} now"
+
+
+def _check_resume(config: TrainConfig, run_facts: dict, saved_path: str) -> None:
+    """Refuses to resume a run whose checkpoints were made with other settings."""
+    with tf.io.gfile.GFile(saved_path) as f:
+        saved = json.load(f)
+    now = dict(dataclasses.asdict(config), **run_facts)
+    changed = []
+    for key in RESUME_KEYS:
+        if key in saved and saved[key] != now[key]:
+            changed.append(_describe_change(key, saved, now))
+    if changed:
+        raise ValueError(
+            f"{config.output_dir} holds checkpoints of a run with other settings:\n  "
+            + "\n  ".join(changed)
+            + "\nresuming would not continue that run. Use the same flags, or a new "
+            f"--output_dir with --init_checkpoint={config.output_dir} to start from its weights"
+        )
+
+
+def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Trains (if config.do_train) and evaluates (if config.do_eval).
+
+    Args:
+        config: the run's settings.
+        strategy: the distribution strategy (default: from config.num_gpus /
+            config.cpu_replicas via `distribute.make_strategy`).
+
+    Returns:
+        dict with "train" (the last logged training metrics; empty if the checkpoint
+        was already at --num_train_steps), "eval" (the eval results) and, if SIGINT or
+        SIGTERM stopped training, "stopped_by_signal" (the signal number; eval is then
+        skipped, its numbers would be those of a half-trained model).
+
+    Raises:
+        NonFiniteLossError: after --max_nonfinite_steps consecutive non-finite steps.
+    """
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    if config.max_seq_length > bert_config.max_position_embeddings:
+        raise ValueError(
+            f"--max_seq_length={config.max_seq_length} exceeds max_position_embeddings="
+            f"{bert_config.max_position_embeddings} of {config.bert_config_file}"
+        )
+    if strategy is None:
+        devices = distribute.make_strategy(config.num_gpus, config.cpu_replicas)
+        strategy, device_description = devices.strategy, devices.description
+    else:
+        device_description = f"{strategy.num_replicas_in_sync} replica(s): " + ", ".join(
+            strategy.extended.worker_devices
+        )
+    num_replicas = strategy.num_replicas_in_sync
+    global_batch_size = config.batch_size * num_replicas * config.gradient_accumulation_steps
+
+    def checked(patterns: str, flag: str) -> list[input_pipeline.DataFile]:
+        files = input_pipeline.expand_record_files(patterns, flag)
+        return input_pipeline.check_data_files(
+            files,
+            config.max_seq_length,
+            config.max_predictions_per_seq,
+            bert_config.vocab_size,
+            flag=flag,
+            log=sys.stderr,
+        )
+
+    train_files = checked(config.input_file, "--input_file") if config.do_train else []
+    if not config.do_eval:
+        eval_files = []
+    elif config.eval_input_file:
+        eval_files = checked(config.eval_input_file, "--eval_input_file")
+    else:  # the training files, named by --input_file
+        eval_files = train_files or checked(config.input_file, "--input_file")
+
+    latest = tf.train.latest_checkpoint(config.output_dir)
+    init_checkpoint = None
+    if config.init_checkpoint and latest:
+        log(f"--init_checkpoint ignored: {config.output_dir} holds checkpoints to resume from")
+    elif config.init_checkpoint:
+        init_checkpoint = resolve_checkpoint(config.init_checkpoint)
+    if config.do_eval and not config.do_train and not (latest or init_checkpoint):
+        raise ValueError(
+            f"--do_eval without --do_train needs a checkpoint: none in {config.output_dir} "
+            "and no --init_checkpoint"
+        )
+    run_facts = {
+        "num_replicas": num_replicas,
+        "global_batch_size": global_batch_size,
+        "train_files": [_absolute(f.path) for f in train_files],
+    }
+    saved_config = os.path.join(config.output_dir, "train_config.json")
+    if latest and config.do_train and tf.io.gfile.exists(saved_config):
+        _check_resume(config, run_facts, saved_config)
+
+    tf.io.gfile.makedirs(config.output_dir)
+    trainer = Trainer(strategy, bert_config, config)
+    log(f"TensorFlow {tf.__version__}; {device_description}")
+    compiled = "XLA" if config.xla else "no XLA"
+    log(
+        f"precision {config.precision} ({PRECISION_POLICIES[config.precision]}), {compiled}, "
+        f"optimizer {config.optimizer}, {config.steps_per_loop} step(s) per loop"
+    )
+    if config.do_train:
+        accumulation = (
+            f" × {config.gradient_accumulation_steps} accumulated micro-batches"
+            if config.gradient_accumulation_steps > 1
+            else ""
+        )
+        decay = "linear" if config.poly_power == 1 else f"polynomial (power {config.poly_power:g})"
+        log(
+            f"batch: {config.batch_size} per replica × {num_replicas} replica(s){accumulation}"
+            f" = {global_batch_size} global per optimizer step; {config.num_train_steps:,} "
+            f"steps ({config.num_warmup_steps:,} warm-up, then {decay} decay), peak learning "
+            f"rate {config.learning_rate:g}"
+        )
+    if config.do_eval:
+        log(
+            f"eval batch: {config.eval_batch_size} per replica × {num_replicas} replica(s) = "
+            f"{config.eval_batch_size * num_replicas} global"
+        )
+    log(
+        f"model: {bert_config.num_hidden_layers} layers, hidden {bert_config.hidden_size}, "
+        f"{bert_config.num_attention_heads} heads, vocab {bert_config.vocab_size}"
+    )
+    for kind, files in (("train", train_files), ("eval", eval_files)):
+        if files:
+            counts = [f.num_instances for f in files]
+            known = sum(c for c in counts if c is not None)
+            unknown = sum(c is None for c in counts)
+            log(
+                f"{kind} data: {len(files)} file(s), {known:,} instances"
+                + (f" (+{unknown} file(s) without metadata)" if unknown else "")
+                + "".join(f"\n  {f.path}" for f in files[:10])
+                + (f"\n  ... and {len(files) - 10} more" if len(files) > 10 else "")
+            )
+
+    results = {}
+    if config.do_train:
+        logged, stopped_by = _train(
+            trainer, config, train_files, init_checkpoint, run_facts, saved_config
+        )
+        results["train"] = logged
+        if stopped_by is not None:
+            results["stopped_by_signal"] = stopped_by
+    else:
+        source = latest or init_checkpoint
+        _restore(
+            tf.train.Checkpoint(model=trainer.model, step=trainer.step),
+            source,
+            "the checkpoint",
+            partial=True,
+            hint=f"was it made with another config than {config.bert_config_file}?",
+        )
+        log(f"evaluating {source}")
+
+    if config.do_eval and "stopped_by_signal" in results:
+        log("eval skipped: training was stopped (the same command resumes it, then evaluates)")
+    elif config.do_eval:
+        results["eval"] = _evaluate(trainer, config, eval_files)
+    return results
+
+
+def _train(trainer: Trainer, config: TrainConfig, files, init_checkpoint, run_facts, saved_config):
+    """Restores or initializes, then trains. Returns (last logged metrics, signal or None)."""
+    dataset = input_pipeline.train_dataset(
+        [f.path for f in files],
+        run_facts["global_batch_size"],
+        config.max_seq_length,
+        config.max_predictions_per_seq,
+        seed=config.seed,
+        shuffle_buffer=config.shuffle_buffer,
+        cycle_length=config.cycle_length,
+    )
+    iterator = iter(dataset)
+    checkpoint = tf.train.Checkpoint(data=iterator, **trainer.checkpoint_objects())
+    manager = tf.train.CheckpointManager(
+        checkpoint,
+        config.output_dir,
+        max_to_keep=config.keep_checkpoint_max,
+        checkpoint_name="model.ckpt",
+        step_counter=trainer.step,
+    )
+    run_config = os.path.join(config.output_dir, "bert_config.json")
+    if manager.latest_checkpoint:
+        _restore(
+            checkpoint,
+            manager.latest_checkpoint,
+            "the checkpoint",
+            partial=False,
+            hint=f"resume with --bert_config_file={run_config}, the config it was made with",
+        )
+        log(f"resumed from {manager.latest_checkpoint} at step {int(trainer.step.numpy())}")
+    elif init_checkpoint:
+        _restore(
+            tf.train.Checkpoint(model=trainer.model),
+            init_checkpoint,
+            "--init_checkpoint",
+            partial=True,
+            hint=f"was it made with another config than {config.bert_config_file}?",
+        )
+        log(f"initialized the weights from {init_checkpoint}")
+    step, total = int(trainer.step.numpy()), config.num_train_steps
+    if step > total:
+        log(
+            f"the checkpoint is at step {step}, past --num_train_steps={total}: nothing to "
+            "train (a larger --num_train_steps would change the learning-rate schedule)"
+        )
+        return {}, None
+    if step == total:
+        log(f"already at step {step} of {total}: nothing to train")
+        return {}, None
+    facts = dict(dataclasses.asdict(config), **run_facts)
+    _write_atomically(saved_config, json.dumps(facts, indent=2, sort_keys=True) + "\n")
+    _copy_file(config.bert_config_file, run_config)
+    return _train_loop(trainer, iterator, manager, config, run_facts["global_batch_size"])
+
+
+def _evaluate(trainer: Trainer, config: TrainConfig, files) -> dict:
+    """Evaluates; writes eval_results.txt and the eval summaries."""
+    eval_results = trainer.evaluate([f.path for f in files], config.max_eval_steps)
+    path = os.path.join(config.output_dir, "eval_results.txt")
+    text = "".join(f"{key} = {eval_results[key]}\n" for key in sorted(eval_results))
+    _write_atomically(path, text)
+    writer = tf.summary.create_file_writer(os.path.join(config.output_dir, "eval"))
+    with writer.as_default(step=eval_results["global_step"]):
+        for key in ("loss", "masked_lm_loss", "masked_lm_accuracy"):
+            tf.summary.scalar(key, eval_results[key])
+        for key in ("next_sentence_loss", "next_sentence_accuracy"):
+            tf.summary.scalar(key, eval_results[key])
+    writer.close()
+    log("eval results (" + path + "):")
+    for key in sorted(eval_results):
+        log(f"  {key} = {eval_results[key]}")
+    return eval_results
+
+
+def next_boundary(step: int, config: TrainConfig) -> int:
+    """The first step after `step` at which the loop must return to the host: a log line,
+    a checkpoint, the end, or the --steps_per_loop cap."""
+    candidates = [config.num_train_steps, step + config.steps_per_loop]
+    for every in (config.log_every_n_steps, config.save_checkpoints_steps):
+        candidates.append((step // every + 1) * every)
+    return min(candidates)
+
+
+def _train_loop(
+    trainer: Trainer, iterator, manager, config: TrainConfig, global_batch_size: int
+) -> tuple[dict, int | None]:
+    """The plain loop: steps → (log) → (checkpoint), until num_train_steps or a signal.
+
+    Returns:
+        (the last logged metrics, the number of the signal that stopped training or None).
+
+    Raises:
+        NonFiniteLossError: after --max_nonfinite_steps consecutive non-finite steps;
+            nothing is saved (the newest checkpoint is the last good state).
+    """
+    writer = tf.summary.create_file_writer(config.output_dir)
+    step = first = int(trainer.step.numpy())
+    total = config.num_train_steps
+    log(f"training steps {step} → {total}; checkpoints every {config.save_checkpoints_steps}")
+    pending: list[dict] = []
+    last_time, last_step = time.time(), step
+    last_logged: dict = {}
+    with _StopRequested() as stop, writer.as_default():
+        while step < total and stop.signal is None:
+            # The first call traces and compiles: one step only, timed on its own.
+            end = step + 1 if step == first else next_boundary(step, config)
+            metrics = trainer.train_steps(iterator, tf.constant(end - step, tf.int64))
+            metrics = {name: float(value) for name, value in metrics.items()}  # waits
+            pending.append(metrics)
+            step = end
+            if metrics["skipped_steps"]:
+                _log_skipped(trainer, metrics, step)
+            streak = int(trainer.nonfinite_streak.numpy())
+            if streak >= config.max_nonfinite_steps:
+                writer.flush()
+                raise NonFiniteLossError(
+                    f"{streak} consecutive steps up to step {step} had a non-finite loss or "
+                    f"gradient (--max_nonfinite_steps={config.max_nonfinite_steps}); none "
+                    "was applied and nothing was saved: the newest checkpoint in "
+                    f"{config.output_dir} is the last good state. Lower --learning_rate, "
+                    "use --precision=fp32, or check the data"
+                )
+            if step == first + 1:
+                now = time.time()
+                log(f"first step took {now - last_time:.1f} s (tracing and compiling included)")
+                last_time, last_step = now, step
+            if step % config.log_every_n_steps == 0 or step == total or stop.signal:
+                now = time.time()
+                steps_per_sec = (
+                    (step - last_step) / max(now - last_time, 1e-9) if step > last_step else None
+                )
+                last_logged = _log_metrics(
+                    pending, step, total, steps_per_sec, global_batch_size, trainer
+                )
+                pending, last_time, last_step = [], now, step
+            if step % config.save_checkpoints_steps == 0 or step == total or stop.signal:
+                path = manager.save(checkpoint_number=step)
+                log(f"saved checkpoint {path}")
+        writer.flush()
+    if stop.signal is not None:
+        log(f"stopped by signal {stop.signal} at step {step}; run the same command to resume")
+    return last_logged, stop.signal
+
+
+def _log_skipped(trainer: Trainer, metrics: dict, step: int) -> None:
+    skipped = int(metrics["skipped_steps"])
+    reason = (
+        f"loss scale now {float(trainer.loss_scale.numpy()):g}"
+        if trainer.use_loss_scale and not metrics["nonfinite_steps"]
+        else "non-finite loss or gradient"
+    )
+    log(
+        f"step {step}: {skipped} step(s) of the last loop not applied ({reason}); "
+        f"{int(trainer.nonfinite_streak.numpy())} consecutive non-finite"
+    )
+
+
+def _log_metrics(pending, step, total, steps_per_sec, global_batch_size, trainer) -> dict:
+    """Averages the metrics of the steps since the last log; logs and writes summaries.
+
+    `steps_per_sec` is None when the window holds only the first step (no rate yet).
+    """
+    totals: dict[str, float] = {}
+    for metrics in pending:
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + value
+    logged = summarize(totals)
+    logged["learning_rate"] = pending[-1]["learning_rate"]
+    logged["grad_norm"] = totals["grad_norm_sum"] / max(totals["applied_steps"], 1.0)
+    logged["skipped_steps"] = int(trainer.skipped_steps.numpy())
+    if trainer.use_loss_scale:
+        logged["loss_scale"] = float(trainer.loss_scale.numpy())
+    if steps_per_sec is None:
+        speed = "rate and ETA from the next log line"
+    else:
+        logged["examples_per_sec"] = steps_per_sec * global_batch_size
+        logged["steps_per_sec"] = steps_per_sec
+        eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
+        speed = (
+            f"{logged['examples_per_sec']:.1f} examples/s {steps_per_sec:.2f} steps/s  "
+            f"ETA {format_duration(eta)}"
+        )
+    skipped = f"  skipped {logged['skipped_steps']}" if logged["skipped_steps"] else ""
+    log(
+        f"step {step}/{total}  loss {logged['loss']:.4f}  "
+        f"mlm {logged['masked_lm_loss']:.4f} acc {logged['masked_lm_accuracy']:.4f}  "
+        f"nsp {logged['next_sentence_loss']:.4f} acc {logged['next_sentence_accuracy']:.4f}  "
+        f"lr {logged['learning_rate']:.3g}{skipped}  {speed}"
+    )
+    for name, value in logged.items():
+        tf.summary.scalar(name, value, step=step)
+    return logged
