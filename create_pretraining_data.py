@@ -21,8 +21,9 @@ passes over temporary files kept in a hidden directory beside the first output f
    seeded reservoir of RESERVOIR_DOCUMENTS source documents is kept on the side.
 2. Build instances. For each round, each bucket (in slices of about --chunk_mb of text)
    is loaded, its documents shuffled and turned into instances; a next-sentence negative
-   takes B from a document of another *source* document of the slice (a random sample
-   of the corpus), or from the reservoir when the slice holds no other source. The
+   takes B from a document of the slice (a random sample of the corpus) that is not
+   part of A's *source* document, or from the reservoir when the slice holds no other
+   source document. The
    serialized records are scattered into *record buckets* chosen by a seeded generator,
    as many as needed for a bucket to hold about --shuffle_mb of records.
 3. Shuffle. Each record bucket is loaded, shuffled and written round-robin to the
@@ -714,8 +715,8 @@ class ReservoirSample:
     seed alone. Workers send only candidates below `threshold`, the largest kept key.
     """
 
-    def __init__(self, capacity: int = RESERVOIR_DOCUMENTS):
-        self.capacity = capacity
+    def __init__(self, capacity: int | None = None):
+        self.capacity = RESERVOIR_DOCUMENTS if capacity is None else capacity
         self._heap: list[tuple[float, int, bytes]] = []  # (-key, source, document)
 
     @property
@@ -1482,8 +1483,9 @@ def create_pretraining_data(
     say(
         f"  documents {stats['documents']:,}, tokens {stats['tokens']:,} "
         f"([UNK] {unknown_rate:.2%}), next-sentence random {stats['random_next'] / num:.1%} "
-        f"({stats['random_next_from_reservoir']:,} from the reservoir), masked tokens per "
-        f"instance {stats['masked_tokens'] / num:.1f}, truncated pairs "
+        f"({stats['random_next_from_reservoir']:,} from the reservoir, "
+        f"{stats['random_next_same_document']:,} from their own document), masked tokens "
+        f"per instance {stats['masked_tokens'] / num:.1f}, truncated pairs "
         f"{stats['truncated_pairs']:,}"
     )
     say(

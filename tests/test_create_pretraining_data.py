@@ -480,6 +480,20 @@ def test_out_of_range_options(kwargs, flag):
         cpd.DataOptions(**kwargs)
 
 
+def test_chunk_and_shuffle_sizes_must_be_positive(tmp_path, vocab_file):
+    corpus = write_corpus(tmp_path / "c.txt", [["w1 w2 w3"], ["w4 w5 w6"]])
+    out, spec, options = (
+        str(tmp_path / "o.tfrecord"),
+        cpd.TokenizerSpec(vocab_file),
+        cpd.DataOptions(),
+    )
+    with pytest.raises(ValueError, match="--chunk_mb"):
+        cpd.create_pretraining_data(corpus, out, spec, options, chunk_bytes=0, log=None)
+    with pytest.raises(ValueError, match="--shuffle_mb"):
+        cpd.create_pretraining_data(corpus, out, spec, options, shuffle_bytes=0, log=None)
+    assert os.listdir(tmp_path) == ["c.txt"]
+
+
 def test_unwritable_output_directory(tmp_path, vocab_file):
     corpus = write_corpus(tmp_path / "c.txt", [["w1 w2 w3"], ["w4 w5 w6"]])
     blocker = tmp_path / "a_file"
@@ -741,17 +755,49 @@ def test_records_are_shuffled_globally_and_negatives_come_from_other_documents(
     assert stats.get("random_next_same_document", 0) == 0
 
 
-def test_negatives_of_a_dominant_document_come_from_the_reservoir(tmp_path, vocab_file):
+def test_reservoir_keeps_the_smallest_keys_whatever_was_sent(tmp_path):
+    rng = random.Random(0)
+    items = [(rng.random(), source, b"document %d;" % source) for source in range(500)]
+    everything = cpd.ReservoirSample(20)
+    for item in items:
+        everything.offer(*item)
+    # As from workers: in chunks of 10, only the candidates under the threshold seen
+    # when the chunk was sent, up to 4 chunks earlier (the work in flight).
+    sent = cpd.ReservoirSample(20)
+    thresholds = collections.deque([1.0] * 4)
+    for start in range(0, 500, 10):
+        below = thresholds.popleft()
+        for item in items[start : start + 10]:
+            if item[0] < below:
+                sent.offer(*item)
+        thresholds.append(sent.threshold)
+    expected = sorted(sorted(items)[:20], key=lambda item: item[1])
+    for sample, name in ((everything, "a"), (sent, "b")):
+        assert sample.write(str(tmp_path / name)) == 20
+        assert (tmp_path / name).read_bytes() == b"".join(item[2] for item in expected)
+
+
+def test_negatives_of_a_dominant_document_come_from_the_reservoir(
+    tmp_path, vocab_file, monkeypatch
+):
     # One long document cut into ~40 parts and two short ones: most slices hold parts of
-    # the long one only, so its negatives must come from the reservoir.
+    # the long one only, so its negatives must come from the reservoir (here of 2 of the
+    # 3 documents, so that it is full before the corpus ends).
+    monkeypatch.setattr(cpd, "RESERVOIR_DOCUMENTS", 2)
     documents = tagged_corpus(num_short=2, long_at=(1,))
     documents[1] = documents[1] * 3
     corpus = write_corpus(tmp_path / "c.txt", documents)
     out = str(tmp_path / "o.tfrecord")
     options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=2)
-    summary = cpd.create_pretraining_data(
-        corpus, out, cpd.TokenizerSpec(vocab_file), options, chunk_bytes=2000, log=None
+    spec = cpd.TokenizerSpec(vocab_file)
+    summary = cpd.create_pretraining_data(corpus, out, spec, options, chunk_bytes=2000, log=None)
+    # The same bytes from two worker processes (which receive work ahead of the
+    # reservoir's threshold).
+    two = str(tmp_path / "two.tfrecord")
+    cpd.create_pretraining_data(
+        corpus, two, spec, options, num_workers=2, chunk_bytes=2000, log=None
     )
+    assert open(two, "rb").read() == open(out, "rb").read()
     stats = summary["stats"]
     assert stats["documents"] == 3 and stats["document_parts"] > 30
     sources = record_sources(read_records(out, 32, 5))
