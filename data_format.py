@@ -204,8 +204,14 @@ class ExampleEncoder:
         self.max_seq_length = max_seq_length
         self.max_predictions = max_predictions_per_seq
         self.spec = feature_spec(max_seq_length, max_predictions_per_seq)
-        # Varint bytes of every value an int64 feature can hold.
-        self._varints = [varint(i) for i in range(max(vocab_size, max_seq_length) + 1)]
+        # Varint bytes of every value an int64 feature can hold: one byte below 2**7, two
+        # below 2**14 (low 7 bits with the continuation bit, then the rest).
+        size = max(vocab_size, max_seq_length) + 1
+        self._varints = [bytes((i,)) for i in range(min(size, 1 << 7))]
+        self._varints += [
+            bytes((i & 0x7F | 0x80, i >> 7)) for i in range(1 << 7, min(size, 1 << 14))
+        ]
+        self._varints += [varint(i) for i in range(1 << 14, size)]
         self._zeros = b"\x00" * max(max_seq_length, max_predictions_per_seq)
         self._ones = b"\x01" * max_seq_length
         self._float_one = struct.pack("<f", 1.0)

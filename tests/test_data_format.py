@@ -126,6 +126,17 @@ def test_serialized_example_parses_with_tensorflow():
     assert set(f.keys()) == set(data_format.feature_spec(10, 4))
 
 
+def test_ids_of_one_two_and_three_varint_bytes_parse():
+    encoder = data_format.ExampleEncoder(
+        max_seq_length=8, max_predictions_per_seq=2, vocab_size=70000
+    )
+    ids = [2, 127, 128, 16383, 3, 16384, 69999, 3]  # varints of 1, 2 and 3 bytes
+    instance = Instance(ids, 3, [1, 6], [16384, 1], False)
+    f = tf.train.Example.FromString(encoder.serialize(instance)).features.feature
+    assert list(f["input_ids"].int64_list.value) == ids
+    assert list(f["masked_lm_ids"].int64_list.value) == [16384, 1]
+
+
 def test_long_examples_with_a_small_vocabulary_parse():
     # An Example longer than the cached varints (vocab_size + 1 values) takes the
     # general length path.
