@@ -523,7 +523,7 @@ def resolve_init_checkpoint(path: str, flag: str = "--init_checkpoint") -> InitS
         config = os.path.join(os.path.dirname(path), HF_CONFIG_NAME)
         files = _sharded_files(path, flag)
         return _hf_source(path, files, config if os.path.isfile(config) else None)
-    if os.path.isdir(path):
+    if tf.io.gfile.isdir(path):
         return _resolve_directory(path, flag)
     prefix = path[: -len(".index")] if path.endswith(".index") else path
     if not tf.io.gfile.exists(prefix + ".index"):
@@ -534,7 +534,7 @@ def resolve_init_checkpoint(path: str, flag: str = "--init_checkpoint") -> InitS
 
 
 def _resolve_directory(path: str, flag: str) -> InitSource:
-    entries = set(os.listdir(path))
+    entries = {name.rstrip("/") for name in tf.io.gfile.listdir(path)}
     hf_weights = os.path.join(path, HF_WEIGHTS_NAME)
     hf_index = os.path.join(path, HF_SHARDED_INDEX_NAME)
     hf_config = os.path.join(path, HF_CONFIG_NAME)

@@ -318,6 +318,38 @@ def test_hf_import_reads_old_gamma_beta_names_and_duplicated_decoder(
     assert_close(ours["nsp_logits"], theirs.seq_relationship_logits.numpy(), "NSP logits")
 
 
+def test_hf_import_reads_sharded_and_bfloat16_files(hf_pretraining, scratch, tmp_path):
+    hf_model, directory = hf_pretraining
+    # bfloat16, as many checkpoints are published: NumPy has no such type.
+    hf_model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    hf_model.to(torch.float32)
+    expected = hf_model.bert.encoder.layer[1].intermediate.dense.weight.to(torch.bfloat16)
+    model, _, _ = load_into_ours(str(tmp_path / "bf16"), scratch)
+    kernel = modeling.original_name_map(model)["bert/encoder/layer_1/intermediate/dense/kernel"]
+    np.testing.assert_array_equal(kernel.numpy(), expected.detach().float().numpy().T)
+    # Two shards and their index, as save_pretrained writes large models.
+    tensors = load_file(os.path.join(directory, "model.safetensors"))
+    names = sorted(tensors)
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    for shard, shard_names in shards.items():
+        save_file({k: tensors[k] for k in shard_names}, sharded / shard, metadata={"format": "pt"})
+    weight_map = {name: shard for shard, shard_names in shards.items() for name in shard_names}
+    write_json(sharded / "model.safetensors.index.json", {"metadata": {}, "weight_map": weight_map})
+    with open(os.path.join(directory, "config.json")) as f:
+        write_json(sharded / "config.json", json.load(f))
+    model, report, source = load_into_ours(str(sharded), scratch)
+    assert len(source.files) == 2 and report.missing == ()
+    from_shards = checkpoints.original_weights(model)
+    model, _, _ = load_into_ours(directory, scratch)  # the same tensors in one file
+    for name, value in checkpoints.original_weights(model).items():
+        np.testing.assert_array_equal(from_shards[name], value, err_msg=name)
+
+
 def test_hf_masked_lm_import_initializes_the_missing_heads_as_usual(
     hf_pretraining, scratch, tmp_path
 ):
