@@ -807,11 +807,14 @@ class ChunkWorker:
             blobs[bucket].append(encode_document(source, document, self.typecode))
             text_bytes[bucket] += sum(map(len, lines))
             if part == 0:
+                # Both drawn whatever the threshold (which depends on the work in flight),
+                # so that the draws after them do not depend on the number of workers.
                 key = rng.random()
+                first = rng.randrange(len(document))
                 if key < reservoir_below:
                     # A stretch from a random sentence on, enough for any segment B.
                     stretch, length = [], 0
-                    for sentence in document[rng.randrange(len(document)) :]:
+                    for sentence in document[first:]:
                         stretch.append(sentence[:max_num_tokens])
                         length += len(stretch[-1])
                         if length >= max_num_tokens:

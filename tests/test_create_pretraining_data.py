@@ -340,6 +340,9 @@ def test_data_format_names_stay_importable_from_the_data_script():
 
 
 def test_identical_records_for_any_number_of_workers(tmp_path, vocab_file, monkeypatch):
+    # A reservoir smaller than the corpus: it fills, and its threshold falls as the
+    # chunks come back, so the workers see other thresholds than a single process does.
+    monkeypatch.setattr(cpd, "RESERVOIR_DOCUMENTS", 3)
     documents = sequential_corpus(num_docs=40, seed=2)
     corpus = write_corpus(tmp_path / "corpus.txt", documents)
     options = cpd.DataOptions(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=3)
