@@ -175,6 +175,13 @@ def main() -> None:
                 file=sys.stderr, flush=True,
             )  # fmt: skip
 
+    # The output must not depend on the number of workers.
+    for corpus in (seven, one):
+        name = os.path.basename(corpus)
+        outputs = [os.path.join(args.build_dir, f"ours_{name}_{w}.tfrecord") for w in (1, 2)]
+        if open(outputs[0], "rb").read() != open(outputs[1], "rb").read():
+            sys.exit(f"different output with 1 and 2 workers: {' '.join(outputs)}")
+
     print(
         "| tool | corpus | workers | instances | seconds | instances/s | vs original | peak RSS |"
     )
