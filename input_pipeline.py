@@ -10,14 +10,18 @@ batch — exactly the rows one device would see with batch N·B.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import re
+import struct
 from collections.abc import Sequence
 from typing import TextIO
 
 import tensorflow as tf
 
-from create_pretraining_data import METADATA_FORMAT, feature_spec, metadata_path
+import data_format
+from data_format import feature_spec, metadata_path
 
 # Eval batches are padded to a full global batch; padded rows carry weight 0.
 EXAMPLE_WEIGHT = "example_weight"
@@ -38,6 +42,20 @@ class DataFile:
     path: str
     num_instances: int | None  # None for files without our metadata (original release)
     metadata: dict | None
+    max_seq_length: int
+    max_predictions_per_seq: int
+    # The file's identity, to notice a file rebuilt under the same name: its size and
+    # the SHA-256 of its metadata file (or of its first MiB when it has none).
+    size: int = 0
+    fingerprint: str = ""
+
+    @property
+    def vocab(self) -> str | None:
+        """How the data's vocabulary is described in messages (None: unknown)."""
+        if not self.metadata:
+            return None
+        source = self.metadata.get("vocab_file") or self.metadata.get("spm_model_file")
+        return f"{source} ({self.metadata['vocab_size']:,} tokens)"
 
 
 def expand_record_files(patterns: str | Sequence[str], flag: str = "--input_file") -> list[str]:
@@ -82,12 +100,48 @@ def parsing_spec(max_seq_length: int, max_predictions_per_seq: int) -> dict:
     }
 
 
+NOT_A_TFRECORD_HINT = (
+    "make training data from text with create_pretraining_data.py, and give its output "
+    "files (not the text, not the .json metadata) to --input_file"
+)
+
+
+def _read_head(path: str, size: int) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read(size)
+
+
+def check_tfrecord_header(path: str, head: bytes) -> None:
+    """Raises DataMismatchError unless `head` starts with a valid TFRecord frame header.
+
+    A TFRecord starts with the record's length (8 bytes) and the masked CRC-32C of those
+    8 bytes: a text or other binary file fails the checksum at once.
+    """
+    if not head:
+        return
+    if len(head) >= 12:
+        length = head[:8]
+        (stored,) = struct.unpack("<I", head[8:12])
+        if data_format.masked_crc32c(length) == stored:
+            return
+    sample = head[:40].decode("utf-8", errors="replace")
+    looks = "text" if sample.isprintable() or "\n" in sample else "binary data"
+    raise DataMismatchError(
+        f"{path}: not a TFRecord file (its first bytes are not a TFRecord header; it looks "
+        f"like {looks}: {sample[:30]!r}); {NOT_A_TFRECORD_HINT}"
+    )
+
+
 def _first_record_lengths(path: str) -> dict[str, int] | None:
     """Feature lengths and the largest token id of a file's first record; None if empty."""
+    check_tfrecord_header(path, _read_head(path, 12))
     try:
         records = list(tf.data.TFRecordDataset(path).take(1).as_numpy_iterator())
     except tf.errors.OpError as e:
-        raise DataMismatchError(f"{path}: not a readable TFRecord file ({e.message})") from e
+        raise DataMismatchError(
+            f"{path}: the first record cannot be read ({_last_line(e.message)}); "
+            "the file is damaged or not a TFRecord file"
+        ) from e
     if not records:
         return None
     example = tf.train.Example.FromString(records[0])
@@ -106,10 +160,63 @@ def _first_record_lengths(path: str) -> dict[str, int] | None:
     return lengths
 
 
+def _last_line(message: str) -> str:
+    """TensorFlow's messages carry function-node prefixes; keep what speaks to a user."""
+    message = re.sub(r"\{\{function_node [^}]*\}\}", "", message)
+    return message.strip().splitlines()[-1].strip() if message.strip() else message
+
+
+def _describe_file(path: str) -> tuple[DataFile, int | None]:
+    """Reads what is known of one file: (DataFile, largest id of its first record or None).
+
+    Raises:
+        DataMismatchError: if the file is not a TFRecord file or its metadata is bad.
+    """
+    meta_path = metadata_path(path)
+    size = tf.io.gfile.stat(path).length
+    head = _read_head(path, 12)
+    if tf.io.gfile.exists(meta_path):
+        with tf.io.gfile.GFile(meta_path) as f:
+            text = f.read()
+        try:
+            meta = data_format.validate_metadata(json.loads(text), meta_path)
+        except json.JSONDecodeError as e:
+            raise DataMismatchError(f"{meta_path}: not valid JSON ({e})") from e
+        except ValueError as e:
+            raise DataMismatchError(str(e)) from e
+        if meta["num_instances"]:
+            check_tfrecord_header(path, head)
+        fingerprint = hashlib.sha256(text.encode()).hexdigest()
+        data = DataFile(
+            path,
+            meta["num_instances"],
+            meta,
+            meta["max_seq_length"],
+            meta["max_predictions_per_seq"],
+            size,
+            fingerprint,
+        )
+        return data, None
+    lengths = _first_record_lengths(path)
+    fingerprint = hashlib.sha256(_read_head(path, 1 << 20)).hexdigest()
+    if lengths is None:
+        return DataFile(path, 0, None, 0, 0, size, fingerprint), None
+    data = DataFile(
+        path,
+        None,
+        None,
+        lengths["input_ids"],
+        lengths["masked_lm_positions"],
+        size,
+        fingerprint,
+    )
+    return data, lengths["max_id"]
+
+
 def check_data_files(
     files: Sequence[str],
-    max_seq_length: int,
-    max_predictions_per_seq: int,
+    max_seq_length: int | None,
+    max_predictions_per_seq: int | None,
     vocab_size: int,
     flag: str = "--input_file",
     log: TextIO | None = None,
@@ -119,82 +226,151 @@ def check_data_files(
     Files with our metadata (F.json) are checked from it; files without (e.g. made by
     the original release) from the shapes and ids of their first record. Empty files
     (metadata num_instances 0, or no record at all) are left out, named on `log`.
+    Every problem of every file is reported at once.
 
     Args:
         files: TFRecord paths, e.g. from `expand_record_files`.
-        max_seq_length, max_predictions_per_seq: The flags the data must match.
-        vocab_size: The model's; every token id must be below it.
+        max_seq_length, max_predictions_per_seq: The flags the data must match; None
+            takes them from the data (whose files must then agree with each other).
+        vocab_size: The model's; every token id must be below it. A larger vocab_size
+            than the data's (rows padded to a multiple of 8, say) is fine.
         flag: The flag that named the files, for messages.
-        log: Where the skipped empty files are reported (None: silent).
+        log: Where the skipped empty files and padding rows are reported (None: silent).
 
     Returns:
         The non-empty files, in the given order.
 
     Raises:
-        DataMismatchError: naming the file, the setting and both values.
+        DataMismatchError: naming each file, the setting and both values.
         EmptyDataError: if every file is empty (an endless input would wait forever).
     """
-    checked, empty = [], []
+    checked, empty, problems = [], [], []
+    wanted = {"max_seq_length": max_seq_length, "max_predictions_per_seq": max_predictions_per_seq}
     for path in files:
-        meta_path = metadata_path(path)
-        if tf.io.gfile.exists(meta_path):
-            with tf.io.gfile.GFile(meta_path) as f:
-                try:
-                    meta = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise DataMismatchError(f"{meta_path}: not valid JSON ({e})") from e
-            if meta.get("format") != METADATA_FORMAT:
-                raise DataMismatchError(f"{meta_path}: not a {METADATA_FORMAT!r} metadata file")
-            found = {
-                "max_seq_length": meta.get("max_seq_length"),
-                "max_predictions_per_seq": meta.get("max_predictions_per_seq"),
-                "vocab_size": meta.get("vocab_size"),
-            }
-            num_instances = meta.get("num_instances")
-            if num_instances == 0:  # whatever its settings, it adds nothing
-                empty.append(path)
-                continue
-        else:
-            meta, num_instances = None, None
-            lengths = _first_record_lengths(path)
-            if lengths is None:
-                empty.append(path)
-                continue
-            found = {
-                "max_seq_length": lengths["input_ids"],
-                "max_predictions_per_seq": lengths["masked_lm_positions"],
-            }
-            if lengths["max_id"] >= vocab_size:
-                raise DataMismatchError(
-                    f"{path}: token id {lengths['max_id']} in the first record is outside the "
-                    f"model's vocabulary (vocab_size={vocab_size} in the BERT config); the data "
-                    "was made with a different vocabulary"
+        try:
+            data, max_id = _describe_file(path)
+        except DataMismatchError as e:
+            problems.append(str(e))
+            continue
+        if data.num_instances == 0:  # whatever its settings, it adds nothing
+            empty.append(path)
+            continue
+        for key, want in wanted.items():
+            value = getattr(data, key)
+            if want is not None and value != want:
+                problems.append(
+                    f"{path}: the data has {key}={value} but --{key} is {want}; drop --{key} "
+                    "(it defaults to the data's) or make the data again with matching settings"
                 )
-        expected = {
-            "max_seq_length": (max_seq_length, "--max_seq_length"),
-            "max_predictions_per_seq": (max_predictions_per_seq, "--max_predictions_per_seq"),
-            "vocab_size": (vocab_size, "vocab_size in the BERT config"),
-        }
-        for key, value in found.items():
-            want, where = expected[key]
-            if value != want:
-                raise DataMismatchError(
-                    f"{path}: the data has {key}={value} but {where} is {want}; make the data "
-                    f"again with matching settings or change {where.split()[0]} to {value}"
+        if data.metadata is not None and data.metadata["vocab_size"] > vocab_size:
+            problems.append(
+                f"{path}: the data was made with the vocabulary {data.vocab}, larger than the "
+                f"model's vocab_size={vocab_size:,} (BERT config): train with the config of "
+                "that vocabulary, or make the data with the vocabulary this model was built for"
+            )
+        elif max_id is not None and max_id >= vocab_size:
+            problems.append(
+                f"{path}: token id {max_id:,} in the first record is outside the model's "
+                f"vocabulary (vocab_size={vocab_size:,} in the BERT config); the data was made "
+                "with another vocabulary"
+            )
+        checked.append(data)
+    if not problems:
+        # Without the flags, the files must agree with each other.
+        for key, want in wanted.items():
+            values = sorted({getattr(f, key) for f in checked})
+            if want is None and len(values) > 1:
+                examples = {getattr(f, key): f.path for f in checked}
+                problems.append(
+                    f"{flag}: the files disagree on {key}: "
+                    + ", ".join(f"{v} ({examples[v]})" for v in values)
+                    + "; train on files made with the same settings"
                 )
-        checked.append(DataFile(path, num_instances, meta))
+    if problems:
+        shown = problems[:20] + (
+            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+        )
+        raise DataMismatchError("the data does not fit:\n  " + "\n  ".join(shown))
     if not checked:
         raise EmptyDataError(
             f"{flag}: no instances to read: every file holds no records "
             f"({', '.join(empty)}); make the data again or check the path"
         )
-    if empty and log is not None:
-        print(
-            f"{flag}: skipping {len(empty)} empty file(s) (no records): {', '.join(empty)}",
-            file=log,
-            flush=True,
-        )
+    if log is not None:
+        if empty:
+            print(
+                f"{flag}: skipping {len(empty)} empty file(s) (no records): {', '.join(empty)}",
+                file=log,
+                flush=True,
+            )
+        data_vocab = max((f.metadata["vocab_size"] for f in checked if f.metadata), default=None)
+        if data_vocab is not None and data_vocab < vocab_size:
+            print(
+                f"{flag}: the model's vocab_size {vocab_size:,} exceeds the data's vocabulary "
+                f"({data_vocab:,} tokens): embedding rows {data_vocab:,}-{vocab_size - 1:,} are "
+                "padding that no example uses",
+                file=log,
+                flush=True,
+            )
     return checked
+
+
+def check_same_vocabulary(files: Sequence[DataFile]) -> None:
+    """All files must have been made with one vocabulary (by the metadata's SHA-256).
+
+    Raises:
+        DataMismatchError: naming two files and their vocabularies.
+    """
+    seen: dict[str, DataFile] = {}
+    for data in files:
+        if data.metadata is None or not data.metadata.get("vocab_sha256"):
+            continue
+        seen.setdefault(data.metadata["vocab_sha256"], data)
+        if len(seen) > 1:
+            a, b = list(seen.values())[:2]
+            raise DataMismatchError(
+                f"the data was made with different vocabularies: {a.path} with {a.vocab}, "
+                f"sha256 {a.metadata['vocab_sha256'][:12]}…, and {b.path} with {b.vocab}, "
+                f"sha256 {b.metadata['vocab_sha256'][:12]}…; token ids mean different words "
+                "in them: make all train and eval data with one vocabulary"
+            )
+
+
+def find_corrupt_record(paths: Sequence[str]) -> str | None:
+    """Walks the files' TFRecord framing and checksums; describes the first fault found.
+
+    Used after TensorFlow reported a damaged record without saying in which file.
+
+    Returns:
+        "PATH: <what> at byte N (record #k)", or None if every file is sound.
+    """
+    header = struct.Struct("<QI")
+    for path in paths:
+        offset = index = 0
+        with tf.io.gfile.GFile(path, "rb") as f:
+            while True:
+                head = f.read(12)
+                if not head:
+                    break
+                if len(head) < 12:
+                    return f"{path}: truncated record header at byte {offset} (record #{index})"
+                length, length_crc = header.unpack(head)
+                if data_format.masked_crc32c(head[:8]) != length_crc:
+                    return (
+                        f"{path}: checksum mismatch in the length of record #{index} at byte "
+                        f"{offset} (the file is damaged or not a TFRecord file)"
+                    )
+                body = f.read(length + 4)
+                if len(body) < length + 4:
+                    return f"{path}: truncated record #{index} at byte {offset}"
+                (data_crc,) = struct.unpack("<I", body[length:])
+                if data_format.masked_crc32c(body[:length]) != data_crc:
+                    return (
+                        f"{path}: checksum mismatch in the data of record #{index} at byte {offset}"
+                    )
+                offset += 12 + length + 4
+                index += 1
+    return None
 
 
 def _parse_batch(serialized, max_seq_length: int, max_predictions_per_seq: int) -> dict:

@@ -55,16 +55,39 @@ def define_flags() -> None:
         "directory of them (its newest); ignored when --output_dir already has checkpoints.",
     )
     flags.DEFINE_integer(
-        "max_seq_length", d["max_seq_length"].default, "Tokens per example; must match the data."
+        "max_seq_length",
+        None,
+        "Tokens per example (default: the data's; given, it must match the data).",
     )
     flags.DEFINE_integer(
         "max_predictions_per_seq",
-        d["max_predictions_per_seq"].default,
-        "Masked-LM predictions per example; must match the data.",
+        None,
+        "Masked-LM predictions per example (default: the data's; given, it must match).",
     )
     flags.DEFINE_bool("do_train", False, "Train.")
     flags.DEFINE_bool("do_eval", False, "Evaluate (after training, if --do_train).")
-    flags.DEFINE_string("eval_input_file", None, "Eval TFRecords (default: --input_file).")
+    flags.DEFINE_string(
+        "eval_input_file",
+        None,
+        "Held-out eval TFRecords (default: the training files, with a warning).",
+    )
+    flags.DEFINE_integer(
+        "eval_every_n_steps",
+        d["eval_every_n_steps"].default,
+        "Also evaluate during training every N steps (a checkpoint is saved there); 0: only "
+        "the final eval of --do_eval.",
+    )
+    flags.DEFINE_string(
+        "eval_checkpoint",
+        None,
+        "Evaluate this checkpoint (a prefix such as out/model.ckpt-300), or 'all' (every "
+        "checkpoint in --output_dir), without training or touching the training state.",
+    )
+    flags.DEFINE_bool(
+        "allow_eval_on_train_files",
+        False,
+        "Allow --eval_input_file to share files with --input_file (not held out).",
+    )
     flags.DEFINE_integer(
         "num_gpus",
         None,
@@ -174,9 +197,10 @@ def config_from_flags() -> TrainConfig:
     from absl import flags
 
     FLAGS = flags.FLAGS
-    missing = [
-        f"--{n}" for n in ("input_file", "output_dir", "bert_config_file") if not FLAGS[n].value
-    ]
+    required = ["output_dir", "bert_config_file"]
+    if FLAGS.do_train or not FLAGS.eval_input_file:
+        required.insert(0, "input_file")
+    missing = [f"--{n}" for n in required if not FLAGS[n].value]
     if missing:
         raise ValueError(f"missing required flag(s): {', '.join(missing)}")
     names = [field.name for field in dataclasses.fields(TrainConfig)]

@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import checkpoints
 import distribute
 import input_pipeline
 import modeling
@@ -65,12 +66,12 @@ LOSS_SCALE_GROWTH_INTERVAL = 2000
 class TrainConfig:
     """Everything a run needs; built once from the flags (or directly by tests)."""
 
-    input_file: str
+    input_file: str | None
     output_dir: str
     bert_config_file: str
     init_checkpoint: str | None = None
-    max_seq_length: int = 128
-    max_predictions_per_seq: int = 20
+    max_seq_length: int | None = None  # None: the data's
+    max_predictions_per_seq: int | None = None  # None: the data's
     do_train: bool = False
     do_eval: bool = False
     eval_input_file: str | None = None
@@ -100,10 +101,17 @@ class TrainConfig:
     # Input
     shuffle_buffer: int = 10_000
     cycle_length: int = 4
+    # Evaluation
+    eval_every_n_steps: int = 0  # 0: only the final eval (--do_eval)
+    eval_checkpoint: str | None = None  # a checkpoint to evaluate, or "all"
+    allow_eval_on_train_files: bool = False
 
     def __post_init__(self):
         problems = []
-        positive = ("max_seq_length", "max_predictions_per_seq", "batch_size", "eval_batch_size")
+        for name in ("max_seq_length", "max_predictions_per_seq"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"--{name}={getattr(self, name)}: expected a positive integer")
+        positive = ("batch_size", "eval_batch_size")
         positive += ("num_train_steps", "save_checkpoints_steps", "log_every_n_steps")
         positive += ("keep_checkpoint_max", "gradient_accumulation_steps", "steps_per_loop")
         positive += ("max_nonfinite_steps", "shuffle_buffer", "cycle_length")
@@ -112,6 +120,11 @@ class TrainConfig:
                 problems.append(f"--{name}={getattr(self, name)}: expected a positive integer")
         if self.num_warmup_steps < 0:
             problems.append(f"--num_warmup_steps={self.num_warmup_steps}: expected >= 0")
+        elif self.do_train and self.num_warmup_steps > self.num_train_steps:
+            problems.append(
+                f"--num_warmup_steps={self.num_warmup_steps} is more than --num_train_steps="
+                f"{self.num_train_steps}: the learning rate would never reach its peak"
+            )
         if self.max_eval_steps < 0:
             problems.append(f"--max_eval_steps={self.max_eval_steps}: expected >= 0 (0: all)")
         if not self.learning_rate > 0:
@@ -135,7 +148,14 @@ class TrainConfig:
             problems.append(f"--poly_power={self.poly_power}: expected > 0")
         if not self.weight_decay_rate >= 0:
             problems.append(f"--weight_decay_rate={self.weight_decay_rate}: expected >= 0")
-        if not (self.do_train or self.do_eval):
+        if self.eval_every_n_steps < 0:
+            problems.append(f"--eval_every_n_steps={self.eval_every_n_steps}: expected >= 0")
+        if self.eval_checkpoint and self.do_train:
+            problems.append(
+                "--eval_checkpoint evaluates existing checkpoints: drop --do_train (or the "
+                "--eval_checkpoint flag)"
+            )
+        if not (self.do_train or self.do_eval or self.eval_checkpoint):
             problems.append("nothing to do: pass --do_train and/or --do_eval")
         if problems:
             raise ValueError("invalid flags:\n  " + "\n  ".join(problems))
@@ -586,29 +606,6 @@ def _copy_file(source: str, destination: str) -> None:
 # Checkpoints
 
 
-def resolve_checkpoint(path: str, flag: str = "--init_checkpoint") -> str:
-    """The checkpoint prefix `path` names: itself, or the newest one in a directory.
-
-    Raises:
-        ValueError: naming the flag and the path, if there is no checkpoint there.
-    """
-    expected = (
-        "expected a checkpoint prefix such as out/model.ckpt-1000 (the files "
-        "model.ckpt-1000.index and model.ckpt-1000.data-*), or a directory holding "
-        "checkpoints and their 'checkpoint' file (the newest is used)"
-    )
-    if tf.io.gfile.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise ValueError(f"{flag}={path}: the directory holds no checkpoint; {expected}")
-        return latest
-    if path.endswith(".index") and tf.io.gfile.exists(path):
-        return path[: -len(".index")]
-    if not tf.io.gfile.exists(path + ".index"):
-        raise ValueError(f"{flag}={path}: no checkpoint there (no {path}.index); {expected}")
-    return path
-
-
 def short_error(error: BaseException) -> str:
     """One readable line of an error; TensorFlow's can hold whole weight matrices."""
     if isinstance(error, tf.errors.OpError):
@@ -717,22 +714,98 @@ def _describe_change(key: str, saved: dict, now: dict) -> str:
     return f"--{key}: {old!r} then, {new!r} now"
 
 
-def _check_resume(config: TrainConfig, run_facts: dict, saved_path: str) -> None:
-    """Refuses to resume a run whose checkpoints were made with other settings."""
-    with tf.io.gfile.GFile(saved_path) as f:
-        saved = json.load(f)
+def _check_resume(config: TrainConfig, run_facts: dict, saved: dict) -> None:
+    """Refuses to resume a run whose checkpoints were made with other settings or data."""
     now = dict(dataclasses.asdict(config), **run_facts)
     changed = []
     for key in RESUME_KEYS:
         if key in saved and saved[key] != now[key]:
             changed.append(_describe_change(key, saved, now))
+    if not changed and "train_file_identity" in saved:
+        before = {path: tuple(identity) for path, *identity in saved["train_file_identity"]}
+        for path, *identity in now["train_file_identity"]:
+            if path in before and before[path] != tuple(identity):
+                old_size, new_size = before[path][0], identity[0]
+                sizes = f"{old_size:,} bytes then, {new_size:,} now" if old_size != new_size else (
+                    "same size, other contents"
+                )  # fmt: skip
+                changed.append(
+                    f"{path} changed since the run started ({sizes}): the saved input "
+                    "position would point into other data"
+                )
     if changed:
         raise ValueError(
-            f"{config.output_dir} holds checkpoints of a run with other settings:\n  "
+            f"{config.output_dir} holds checkpoints of a run with other settings or data:\n  "
             + "\n  ".join(changed)
-            + "\nresuming would not continue that run. Use the same flags, or a new "
+            + "\nresuming would not continue that run. Use the same flags and data, or a new "
             f"--output_dir with --init_checkpoint={config.output_dir} to start from its weights"
         )
+
+
+def _data_files(config: TrainConfig, bert_config: modeling.BertConfig):
+    """Expands and checks the train and eval files; resolves the sequence settings.
+
+    Returns:
+        (train files, eval files, whether eval is held out, config with max_seq_length
+        and max_predictions_per_seq taken from the data where the flags were not given).
+    """
+
+    def checked(patterns: str, flag: str, seq, pred) -> list[input_pipeline.DataFile]:
+        files = input_pipeline.expand_record_files(patterns, flag)
+        return input_pipeline.check_data_files(
+            files, seq, pred, bert_config.vocab_size, flag=flag, log=sys.stderr
+        )
+
+    seq, pred = config.max_seq_length, config.max_predictions_per_seq
+    train_files = []
+    if config.do_train:
+        train_files = checked(config.input_file, "--input_file", seq, pred)
+        seq, pred = train_files[0].max_seq_length, train_files[0].max_predictions_per_seq
+    wants_eval = config.do_eval or config.eval_every_n_steps or config.eval_checkpoint
+    eval_files, held_out = [], True
+    if wants_eval and config.eval_input_file:
+        eval_files = checked(config.eval_input_file, "--eval_input_file", seq, pred)
+        overlap = sorted({f.path for f in train_files} & {f.path for f in eval_files})
+        if overlap and not config.allow_eval_on_train_files:
+            raise input_pipeline.DataMismatchError(
+                f"--input_file and --eval_input_file share {len(overlap)} file(s) "
+                f"({', '.join(overlap[:3])}{' ...' if len(overlap) > 3 else ''}): the eval "
+                "numbers would not be held out. Give disjoint globs, or pass "
+                "--allow_eval_on_train_files to evaluate on them anyway"
+            )
+        held_out = not overlap
+    elif wants_eval:  # the training files, named by --input_file
+        eval_files = train_files or checked(config.input_file, "--input_file", seq, pred)
+        held_out = False
+    if wants_eval and not held_out:
+        log(
+            "warning: evaluating on training data (no --eval_input_file, or it overlaps "
+            "--input_file): the eval numbers are not held out"
+        )
+    files = train_files or eval_files
+    if files:
+        seq, pred = files[0].max_seq_length, files[0].max_predictions_per_seq
+    input_pipeline.check_same_vocabulary(train_files + eval_files)
+    if seq is not None and seq > bert_config.max_position_embeddings:
+        raise ValueError(
+            f"max_seq_length={seq} (the data's or --max_seq_length) exceeds "
+            f"max_position_embeddings={bert_config.max_position_embeddings} of "
+            f"{config.bert_config_file}"
+        )
+    config = dataclasses.replace(config, max_seq_length=seq, max_predictions_per_seq=pred)
+    return train_files, eval_files, held_out, config
+
+
+def _log_files(kind: str, files) -> None:
+    counts = [f.num_instances for f in files]
+    known = sum(c for c in counts if c is not None)
+    unknown = sum(c is None for c in counts)
+    log(
+        f"{kind} data: {len(files)} file(s), {known:,} instances"
+        + (f" (+{unknown} file(s) without metadata)" if unknown else "")
+        + "".join(f"\n  {f.path}" for f in files[:10])
+        + (f"\n  ... and {len(files) - 10} more" if len(files) > 10 else "")
+    )
 
 
 def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict:
@@ -745,19 +818,16 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
 
     Returns:
         dict with "train" (the last logged training metrics; empty if the checkpoint
-        was already at --num_train_steps), "eval" (the eval results) and, if SIGINT or
-        SIGTERM stopped training, "stopped_by_signal" (the signal number; eval is then
+        was already at --num_train_steps), "eval" (the newest eval results),
+        "evals" (every eval of this call, in order) and, if SIGINT or SIGTERM stopped
+        training, "stopped_by_signal" (the signal number; the final eval is then
         skipped, its numbers would be those of a half-trained model).
 
     Raises:
         NonFiniteLossError: after --max_nonfinite_steps consecutive non-finite steps.
     """
-    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
-    if config.max_seq_length > bert_config.max_position_embeddings:
-        raise ValueError(
-            f"--max_seq_length={config.max_seq_length} exceeds max_position_embeddings="
-            f"{bert_config.max_position_embeddings} of {config.bert_config_file}"
-        )
+    bert_config = checkpoints.load_bert_config(config.bert_config_file)
+    train_files, eval_files, held_out, config = _data_files(config, bert_config)
     if strategy is None:
         devices = distribute.make_strategy(config.num_gpus, config.cpu_replicas)
         strategy, device_description = devices.strategy, devices.description
@@ -768,52 +838,39 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
     num_replicas = strategy.num_replicas_in_sync
     global_batch_size = config.batch_size * num_replicas * config.gradient_accumulation_steps
 
-    def checked(patterns: str, flag: str) -> list[input_pipeline.DataFile]:
-        files = input_pipeline.expand_record_files(patterns, flag)
-        return input_pipeline.check_data_files(
-            files,
-            config.max_seq_length,
-            config.max_predictions_per_seq,
-            bert_config.vocab_size,
-            flag=flag,
-            log=sys.stderr,
-        )
-
-    train_files = checked(config.input_file, "--input_file") if config.do_train else []
-    if not config.do_eval:
-        eval_files = []
-    elif config.eval_input_file:
-        eval_files = checked(config.eval_input_file, "--eval_input_file")
-    else:  # the training files, named by --input_file
-        eval_files = train_files or checked(config.input_file, "--input_file")
-
     latest = tf.train.latest_checkpoint(config.output_dir)
-    init_checkpoint = None
-    if config.init_checkpoint and latest:
+    init_source = None
+    if config.init_checkpoint and latest and config.do_train:
         log(f"--init_checkpoint ignored: {config.output_dir} holds checkpoints to resume from")
     elif config.init_checkpoint:
-        init_checkpoint = resolve_checkpoint(config.init_checkpoint)
-    if config.do_eval and not config.do_train and not (latest or init_checkpoint):
-        raise ValueError(
-            f"--do_eval without --do_train needs a checkpoint: none in {config.output_dir} "
-            "and no --init_checkpoint"
-        )
+        init_source = checkpoints.resolve_init_checkpoint(config.init_checkpoint)
+    eval_sources = _eval_sources(config, latest, init_source)
     run_facts = {
         "num_replicas": num_replicas,
         "global_batch_size": global_batch_size,
         "train_files": [_absolute(f.path) for f in train_files],
+        "train_file_identity": [[_absolute(f.path), f.size, f.fingerprint] for f in train_files],
     }
     saved_config = os.path.join(config.output_dir, "train_config.json")
+    saved = None
     if latest and config.do_train and tf.io.gfile.exists(saved_config):
-        _check_resume(config, run_facts, saved_config)
+        with tf.io.gfile.GFile(saved_config) as f:
+            saved = json.load(f)
+        _check_resume(config, run_facts, saved)
 
     tf.io.gfile.makedirs(config.output_dir)
     trainer = Trainer(strategy, bert_config, config)
+    num_parameters = sum(int(np.prod(v.shape)) for v in trainer.variables)
     log(f"TensorFlow {tf.__version__}; {device_description}")
+    if saved and saved.get("num_replicas") != num_replicas:
+        log(
+            f"resuming with {num_replicas} replica(s); the run used {saved['num_replicas']} "
+            "so far (same effective batch; dropout masks depend on the replica)"
+        )
     compiled = "XLA" if config.xla else "no XLA"
     log(
         f"precision {config.precision} ({PRECISION_POLICIES[config.precision]}), {compiled}, "
-        f"optimizer {config.optimizer}, {config.steps_per_loop} step(s) per loop"
+        f"optimizer {config.optimizer}, up to {config.steps_per_loop} step(s) per loop"
     )
     if config.do_train:
         accumulation = (
@@ -828,54 +885,181 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
             f"steps ({config.num_warmup_steps:,} warm-up, then {decay} decay), peak learning "
             f"rate {config.learning_rate:g}"
         )
-    if config.do_eval:
+    if eval_files:
         log(
             f"eval batch: {config.eval_batch_size} per replica × {num_replicas} replica(s) = "
             f"{config.eval_batch_size * num_replicas} global"
+            + (f"; every {config.eval_every_n_steps} steps" if config.eval_every_n_steps else "")
         )
     log(
         f"model: {bert_config.num_hidden_layers} layers, hidden {bert_config.hidden_size}, "
-        f"{bert_config.num_attention_heads} heads, vocab {bert_config.vocab_size}"
+        f"{bert_config.num_attention_heads} heads, vocab {bert_config.vocab_size}, "
+        f"{num_parameters:,} parameters; sequences of {config.max_seq_length} with "
+        f"{config.max_predictions_per_seq} predictions"
     )
+    log(f"output directory: {config.output_dir}")
     for kind, files in (("train", train_files), ("eval", eval_files)):
         if files:
-            counts = [f.num_instances for f in files]
-            known = sum(c for c in counts if c is not None)
-            unknown = sum(c is None for c in counts)
-            log(
-                f"{kind} data: {len(files)} file(s), {known:,} instances"
-                + (f" (+{unknown} file(s) without metadata)" if unknown else "")
-                + "".join(f"\n  {f.path}" for f in files[:10])
-                + (f"\n  ... and {len(files) - 10} more" if len(files) > 10 else "")
-            )
+            _log_files(kind, files)
 
-    results = {}
-    if config.do_train:
+    evaluator = Evaluator(trainer, config, eval_files, held_out) if eval_files else None
+    results: dict = {"evals": []}
+    if eval_sources is not None:  # evaluation only
+        for source in eval_sources:
+            _restore_for_eval(trainer, source, bert_config)
+            results["evals"].append(evaluator.run(source.path))
+    else:
         logged, stopped_by = _train(
-            trainer, config, train_files, init_checkpoint, run_facts, saved_config
-        )
+            trainer, config, train_files, init_source, run_facts, saved_config, evaluator,
+            bert_config,
+        )  # fmt: skip
         results["train"] = logged
+        results["evals"] += evaluator.done if evaluator else []
         if stopped_by is not None:
             results["stopped_by_signal"] = stopped_by
-    else:
-        source = latest or init_checkpoint
-        _restore(
-            tf.train.Checkpoint(model=trainer.model, step=trainer.step),
-            source,
-            "the checkpoint",
-            partial=True,
-            hint=f"was it made with another config than {config.bert_config_file}?",
-        )
-        log(f"evaluating {source}")
-
-    if config.do_eval and "stopped_by_signal" in results:
-        log("eval skipped: training was stopped (the same command resumes it, then evaluates)")
-    elif config.do_eval:
-        results["eval"] = _evaluate(trainer, config, eval_files)
+        if config.do_eval and stopped_by is not None:
+            log("final eval skipped: training was stopped (the same command resumes it)")
+        elif config.do_eval and not (
+            evaluator.done and evaluator.done[-1]["global_step"] == int(trainer.step.numpy())
+        ):
+            results["evals"].append(evaluator.run(tf.train.latest_checkpoint(config.output_dir)))
+    if results["evals"]:
+        results["eval"] = results["evals"][-1]
+    if evaluator is not None:
+        evaluator.log_best()
     return results
 
 
-def _train(trainer: Trainer, config: TrainConfig, files, init_checkpoint, run_facts, saved_config):
+def _eval_sources(config: TrainConfig, latest: str | None, init_source):
+    """The checkpoints to evaluate when not training (None when training).
+
+    --eval_checkpoint=all: every checkpoint of --output_dir; --eval_checkpoint=PATH: that
+    one; else --init_checkpoint when given, else the newest checkpoint of --output_dir.
+    """
+    if config.do_train:
+        return None
+    if config.eval_checkpoint == "all":
+        paths = _all_checkpoints(config.output_dir)
+        if not paths:
+            raise ValueError(f"--eval_checkpoint=all: {config.output_dir} holds no checkpoint")
+        return [checkpoints.resolve_init_checkpoint(p, "--eval_checkpoint") for p in paths]
+    if config.eval_checkpoint:
+        return [checkpoints.resolve_init_checkpoint(config.eval_checkpoint, "--eval_checkpoint")]
+    if init_source is not None:
+        return [init_source]
+    if latest:
+        return [checkpoints.resolve_init_checkpoint(latest)]
+    raise ValueError(
+        f"--do_eval without --do_train needs a checkpoint: none in {config.output_dir}, no "
+        "--init_checkpoint and no --eval_checkpoint"
+    )
+
+
+def _all_checkpoints(directory: str) -> list[str]:
+    """Every complete checkpoint prefix in `directory`, oldest first (by step)."""
+    prefixes = []
+    for index in tf.io.gfile.glob(os.path.join(directory, "model.ckpt-*.index")):
+        match = re.search(r"model\.ckpt-(\d+)\.index$", index)
+        if match:
+            prefixes.append((int(match.group(1)), index[: -len(".index")]))
+    return [prefix for _, prefix in sorted(prefixes)]
+
+
+def _restore_for_eval(trainer: Trainer, source, bert_config) -> None:
+    """Loads the weights (and, for this tool's checkpoints, the step) to evaluate."""
+    report = checkpoints.restore_initial_weights(trainer.model, source, bert_config)
+    step = 0
+    if source.kind == "bert-gpu":
+        reader = tf.train.load_checkpoint(source.path)
+        for key in reader.get_variable_to_shape_map():
+            if key.startswith("step/"):
+                step = int(reader.get_tensor(key))
+    trainer.step.assign(step)
+    for line in report.log_lines():
+        log(line)
+    log(f"evaluating {source.path} (step {step})")
+
+
+class Evaluator:
+    """Evaluates on the eval files and keeps every result.
+
+    Each result is appended to output_dir/eval_results.jsonl (with its step, checkpoint,
+    eval files and whether they are held out), written to output_dir/eval_results.txt
+    in the original release's format (the newest only), logged, and written to
+    TensorBoard under output_dir/eval at its step.
+    """
+
+    def __init__(self, trainer: Trainer, config: TrainConfig, files, held_out: bool):
+        self.trainer = trainer
+        self.config = config
+        self.files = [f.path for f in files]
+        self.held_out = held_out
+        self.done: list[dict] = []
+
+    @property
+    def jsonl_path(self) -> str:
+        return os.path.join(self.config.output_dir, "eval_results.jsonl")
+
+    def run(self, checkpoint: str | None) -> dict:
+        results = self.trainer.evaluate(self.files, self.config.max_eval_steps)
+        step = results["global_step"]
+        text = "".join(f"{key} = {results[key]}\n" for key in sorted(results))
+        _write_atomically(os.path.join(self.config.output_dir, "eval_results.txt"), text)
+        record = dict(
+            results,
+            checkpoint=checkpoint,
+            eval_files=[_absolute(f) for f in self.files],
+            held_out=self.held_out,
+            time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        previous = ""
+        if tf.io.gfile.exists(self.jsonl_path):
+            with tf.io.gfile.GFile(self.jsonl_path) as f:
+                previous = f.read()
+        _write_atomically(self.jsonl_path, previous + json.dumps(record, sort_keys=True) + "\n")
+        writer = tf.summary.create_file_writer(os.path.join(self.config.output_dir, "eval"))
+        with writer.as_default(step=step):
+            for key in ("loss", "masked_lm_loss", "masked_lm_accuracy"):
+                tf.summary.scalar(key, results[key])
+            for key in ("next_sentence_loss", "next_sentence_accuracy"):
+                tf.summary.scalar(key, results[key])
+        writer.close()
+        held = "held-out" if self.held_out else "NOT held-out (training data)"
+        log(
+            f"eval at step {step} ({held}, {results['eval_examples']:,} examples): "
+            f"loss {results['loss']:.4f}  mlm {results['masked_lm_loss']:.4f} acc "
+            f"{results['masked_lm_accuracy']:.4f} (most frequent "
+            f"{results['masked_lm_most_frequent_accuracy']:.4f})  "
+            f"nsp {results['next_sentence_loss']:.4f} acc "
+            f"{results['next_sentence_accuracy']:.4f}; appended to {self.jsonl_path}"
+        )
+        self.done.append(record)
+        return record
+
+    def best(self) -> dict | None:
+        """The result with the lowest masked-LM loss among the run's evals on these files."""
+        if not tf.io.gfile.exists(self.jsonl_path):
+            return None
+        with tf.io.gfile.GFile(self.jsonl_path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        files = [_absolute(f) for f in self.files]
+        same_data = [r for r in records if r.get("eval_files") == files]
+        return min(same_data, key=lambda r: r["masked_lm_loss"], default=None)
+
+    def log_best(self) -> None:
+        best = self.best()
+        if best is not None:
+            log(
+                f"best eval so far on this eval data: step {best['global_step']} "
+                f"(masked_lm_loss {best['masked_lm_loss']:.4f}, masked_lm_accuracy "
+                f"{best['masked_lm_accuracy']:.4f}; checkpoint {best['checkpoint']})"
+            )
+
+
+def _train(
+    trainer: Trainer, config: TrainConfig, files, init_source, run_facts, saved_config,
+    evaluator, bert_config,
+):  # fmt: skip
     """Restores or initializes, then trains. Returns (last logged metrics, signal or None)."""
     dataset = input_pipeline.train_dataset(
         [f.path for f in files],
@@ -905,15 +1089,10 @@ def _train(trainer: Trainer, config: TrainConfig, files, init_checkpoint, run_fa
             hint=f"resume with --bert_config_file={run_config}, the config it was made with",
         )
         log(f"resumed from {manager.latest_checkpoint} at step {int(trainer.step.numpy())}")
-    elif init_checkpoint:
-        _restore(
-            tf.train.Checkpoint(model=trainer.model),
-            init_checkpoint,
-            "--init_checkpoint",
-            partial=True,
-            hint=f"was it made with another config than {config.bert_config_file}?",
-        )
-        log(f"initialized the weights from {init_checkpoint}")
+    elif init_source is not None:
+        report = checkpoints.restore_initial_weights(trainer.model, init_source, bert_config)
+        for line in report.log_lines():
+            log(line)
     step, total = int(trainer.step.numpy()), config.num_train_steps
     if step > total:
         log(
@@ -926,42 +1105,78 @@ def _train(trainer: Trainer, config: TrainConfig, files, init_checkpoint, run_fa
         return {}, None
     facts = dict(dataclasses.asdict(config), **run_facts)
     _write_atomically(saved_config, json.dumps(facts, indent=2, sort_keys=True) + "\n")
-    _copy_file(config.bert_config_file, run_config)
-    return _train_loop(trainer, iterator, manager, config, run_facts["global_batch_size"])
+    _copy_bert_config(config.bert_config_file, run_config, trainer.model.config)
+    vocab_file = _data_vocab_file(files)
+    if vocab_file:
+        _copy_file(vocab_file, os.path.join(config.output_dir, "vocab.txt"))
+    return _train_loop(
+        trainer, iterator, manager, config, run_facts["global_batch_size"], evaluator
+    )
 
 
-def _evaluate(trainer: Trainer, config: TrainConfig, files) -> dict:
-    """Evaluates; writes eval_results.txt and the eval summaries."""
-    eval_results = trainer.evaluate([f.path for f in files], config.max_eval_steps)
-    path = os.path.join(config.output_dir, "eval_results.txt")
-    text = "".join(f"{key} = {eval_results[key]}\n" for key in sorted(eval_results))
-    _write_atomically(path, text)
-    writer = tf.summary.create_file_writer(os.path.join(config.output_dir, "eval"))
-    with writer.as_default(step=eval_results["global_step"]):
-        for key in ("loss", "masked_lm_loss", "masked_lm_accuracy"):
-            tf.summary.scalar(key, eval_results[key])
-        for key in ("next_sentence_loss", "next_sentence_accuracy"):
-            tf.summary.scalar(key, eval_results[key])
-    writer.close()
-    log("eval results (" + path + "):")
-    for key in sorted(eval_results):
-        log(f"  {key} = {eval_results[key]}")
-    return eval_results
+def _copy_bert_config(source: str, destination: str, bert_config: modeling.BertConfig) -> None:
+    """The run's bert_config.json, in the original format whatever --bert_config_file was."""
+    if _same_file(source, destination):
+        return
+    _write_atomically(destination, bert_config.to_json_string())
+
+
+def _data_vocab_file(files) -> str | None:
+    """The vocabulary file the training data was made with, if its metadata names one."""
+    for data in files:
+        path = (data.metadata or {}).get("vocab_file")
+        if path and tf.io.gfile.exists(path):
+            return path
+    return None
 
 
 def next_boundary(step: int, config: TrainConfig) -> int:
     """The first step after `step` at which the loop must return to the host: a log line,
-    a checkpoint, the end, or the --steps_per_loop cap."""
+    a checkpoint, an eval, the end, or the --steps_per_loop cap."""
     candidates = [config.num_train_steps, step + config.steps_per_loop]
-    for every in (config.log_every_n_steps, config.save_checkpoints_steps):
+    everies = [config.log_every_n_steps, config.save_checkpoints_steps]
+    if config.eval_every_n_steps:
+        everies.append(config.eval_every_n_steps)
+    for every in everies:
         candidates.append((step // every + 1) * every)
     return min(candidates)
 
 
+def _save(manager, step: int, config: TrainConfig) -> str:
+    try:
+        path = manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as e:
+        message = e.message if isinstance(e, tf.errors.OpError) else str(e)
+        raise OSError(
+            f"cannot write the checkpoint of step {step} to {config.output_dir}: "
+            f"{_last_line(message)}; the newest complete checkpoint is "
+            f"{tf.train.latest_checkpoint(config.output_dir)} (free space or permissions, "
+            "then run the same command to resume)"
+        ) from e
+    log(f"saved checkpoint {path}")
+    return path
+
+
+def _last_line(message: str) -> str:
+    message = re.sub(r"\{\{function_node [^}]*\}\}", "", message).strip()
+    return message.splitlines()[-1].strip() if message else message
+
+
+def _read_error(error: tf.errors.OpError, files) -> ValueError:
+    """A data-reading error that names the file and the fault."""
+    fault = input_pipeline.find_corrupt_record(files)
+    if fault is None:
+        return ValueError(f"reading the training data failed: {_last_line(error.message)}")
+    return ValueError(
+        f"damaged training data: {fault}; make the file again with create_pretraining_data.py "
+        "(the checkpoints in the output directory are intact)"
+    )
+
+
 def _train_loop(
-    trainer: Trainer, iterator, manager, config: TrainConfig, global_batch_size: int
+    trainer: Trainer, iterator, manager, config: TrainConfig, global_batch_size: int, evaluator
 ) -> tuple[dict, int | None]:
-    """The plain loop: steps → (log) → (checkpoint), until num_train_steps or a signal.
+    """The plain loop: steps → (log) → (checkpoint) → (eval), until the end or a signal.
 
     Returns:
         (the last logged metrics, the number of the signal that stopped training or None).
@@ -975,14 +1190,19 @@ def _train_loop(
     total = config.num_train_steps
     log(f"training steps {step} → {total}; checkpoints every {config.save_checkpoints_steps}")
     pending: list[dict] = []
-    last_time, last_step = time.time(), step
+    start_time = last_time = time.time()
+    last_step = step
     last_logged: dict = {}
+    files = input_pipeline.expand_record_files(config.input_file)
     with _StopRequested() as stop, writer.as_default():
         while step < total and stop.signal is None:
             # The first call traces and compiles: one step only, timed on its own.
             end = step + 1 if step == first else next_boundary(step, config)
-            metrics = trainer.train_steps(iterator, tf.constant(end - step, tf.int64))
-            metrics = {name: float(value) for name, value in metrics.items()}  # waits
+            try:
+                metrics = trainer.train_steps(iterator, tf.constant(end - step, tf.int64))
+                metrics = {name: float(value) for name, value in metrics.items()}  # waits
+            except tf.errors.DataLossError as e:
+                raise _read_error(e, files) from e
             pending.append(metrics)
             step = end
             if metrics["skipped_steps"]:
@@ -1010,12 +1230,39 @@ def _train_loop(
                     pending, step, total, steps_per_sec, global_batch_size, trainer
                 )
                 pending, last_time, last_step = [], now, step
-            if step % config.save_checkpoints_steps == 0 or step == total or stop.signal:
-                path = manager.save(checkpoint_number=step)
-                log(f"saved checkpoint {path}")
+            evaluate_now = (
+                evaluator is not None
+                and config.eval_every_n_steps
+                and step % config.eval_every_n_steps == 0
+                and not (step == total and config.do_eval)  # the final eval comes next
+                and not stop.signal
+            )
+            if (
+                step % config.save_checkpoints_steps == 0
+                or step == total
+                or stop.signal
+                or evaluate_now
+            ):
+                path = _save(manager, step, config)
+                if evaluate_now:
+                    with tf.summary.record_if(False):
+                        evaluator.run(path)
+                    last_time = time.time()  # the rate is of training, not of eval
         writer.flush()
     if stop.signal is not None:
         log(f"stopped by signal {stop.signal} at step {step}; run the same command to resume")
+    elapsed = time.time() - start_time
+    trained = step - first
+    final_loss = f"{last_logged['loss']:.4f}" if last_logged else "-"
+    log(
+        f"trained steps {first} → {step} ({trained:,} steps, {trained * global_batch_size:,} "
+        f"examples) in {format_duration(elapsed)}; final train loss {final_loss}"
+    )
+    log(
+        f"checkpoints: {config.output_dir}/model.ckpt-* (newest "
+        f"{tf.train.latest_checkpoint(config.output_dir)}); TensorBoard: tensorboard "
+        f"--logdir={config.output_dir}"
+    )
     return last_logged, stop.signal
 
 
