@@ -227,6 +227,35 @@ def test_whole_word_masking_keeps_word_groups_together():
     assert partial == 0 and whole > 1000
 
 
+def test_random_documents_come_from_other_sources_uniformly():
+    documents = [[[i]] for i in range(6)]  # document i is its own marker
+    rng = random.Random(0)
+    stats = collections.Counter()
+
+    class Reservoir:
+        documents = [[[100]], [[105]], [[106]]]
+        sources = [0, 5, 6]
+
+    # Parts 0-3 of source 0 and one document each of sources 1 and 2.
+    negatives = cpd.RandomDocuments(documents[:6], [0, 0, 0, 0, 1, 2], Reservoir())
+    draws = collections.Counter(negatives.draw(1, rng, stats)[0][0] for _ in range(4000))
+    # Uniform over the 2 documents of other sources: 2,000 each, binomial sd 32; 5 sd.
+    assert set(draws) == {4, 5} and abs(draws[4] - 2000) < 160
+    draws = collections.Counter(negatives.draw(4, rng, stats)[0][0] for _ in range(5000))
+    # Source 1's negatives: any of the other 5 documents, 1,000 each (sd 28).
+    assert set(draws) == {0, 1, 2, 3, 5} and max(abs(c - 1000) for c in draws.values()) < 140
+    assert stats == {}
+    # A slice of source 0 only: the reservoir's documents of other sources, counted.
+    negatives = cpd.RandomDocuments(documents[:3], [0, 0, 0], Reservoir())
+    draws = collections.Counter(negatives.draw(0, rng, stats)[0][0] for _ in range(2000))
+    assert set(draws) == {105, 106} and abs(draws[105] - 1000) < 112  # sd 22
+    assert stats == {"random_next_from_reservoir": 2000}
+    # One source in all: its own document, counted.
+    negatives = cpd.RandomDocuments(documents[:3], [0, 0, 0], None)
+    assert negatives.draw(2, rng, stats) == [[2]]
+    assert stats["random_next_same_document"] == 1
+
+
 def _restore(record):
     """input_ids with the masked positions given back their original ids."""
     ids = list(record["input_ids"])
