@@ -6,6 +6,7 @@ import math
 import conftest
 import keras
 import numpy as np
+import numpy_bert as nb
 import pytest
 import tensorflow as tf
 
@@ -72,70 +73,20 @@ def to_tensors(features):
     return {key: tf.constant(value) for key, value in features.items()}
 
 
-# A NumPy BERT, written from the paper and the original release's variable names, in float64.
+# The float64 NumPy BERT every comparison below is made against (tests/numpy_bert.py), and
+# the largest float32 errors a correct implementation can make.
 
 
-def np_layer_norm(x, gamma, beta):
-    mean = x.mean(-1, keepdims=True)
-    variance = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(variance + 1e-12) * gamma + beta
+def reference_and_tolerances(weights, config, features, **variant):
+    reference = nb.forward(weights, config, features, **variant)
+    return reference, nb.forward_tolerances(weights, config, features, reference)
 
 
-def np_gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
-
-
-def np_gelu_erf(x):
-    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / np.sqrt(2.0)))
-
-
-def np_softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def numpy_bert(w, config, features):
-    ids, segments = features["input_ids"], features["segment_ids"]
-    mask, positions = features["input_mask"], features["masked_lm_positions"]
-    b, s = ids.shape
-    n, d = config.num_attention_heads, config.hidden_size // config.num_attention_heads
-
-    def dense(x, prefix):
-        return x @ w[prefix + "/kernel"] + w[prefix + "/bias"]
-
-    def layer_norm(x, prefix):
-        return np_layer_norm(x, w[prefix + "/LayerNorm/gamma"], w[prefix + "/LayerNorm/beta"])
-
-    def heads(x):
-        return x.reshape(b, s, n, d).transpose(0, 2, 1, 3)
-
-    x = (
-        w["bert/embeddings/word_embeddings"][ids]
-        + w["bert/embeddings/position_embeddings"][:s][None]
-        + w["bert/embeddings/token_type_embeddings"][segments]
-    )
-    x = layer_norm(x, "bert/embeddings")
-    score_bias = (1.0 - mask[:, None, None, :]) * -10000.0
-    for i in range(config.num_hidden_layers):
-        p = f"bert/encoder/layer_{i}"
-        q = heads(dense(x, p + "/attention/self/query"))
-        k = heads(dense(x, p + "/attention/self/key"))
-        v = heads(dense(x, p + "/attention/self/value"))
-        probs = np_softmax(q @ k.transpose(0, 1, 3, 2) / np.sqrt(d) + score_bias)
-        context = (probs @ v).transpose(0, 2, 1, 3).reshape(b, s, n * d)
-        x = layer_norm(x + dense(context, p + "/attention/output/dense"), p + "/attention/output")
-        h = np_gelu_tanh(dense(x, p + "/intermediate/dense"))
-        x = layer_norm(x + dense(h, p + "/output/dense"), p + "/output")
-    pooled = np.tanh(dense(x[:, 0], "bert/pooler/dense"))
-    h = x[np.arange(b)[:, None], positions]
-    h = layer_norm(
-        np_gelu_tanh(dense(h, "cls/predictions/transform/dense")), "cls/predictions/transform"
-    )
-    mlm = h @ w["bert/embeddings/word_embeddings"].T + w["cls/predictions/output_bias"]
-    nsp = (
-        pooled @ w["cls/seq_relationship/output_weights"].T + w["cls/seq_relationship/output_bias"]
-    )
-    return {"sequence_output": x, "pooled_output": pooled, "mlm_logits": mlm, "nsp_logits": nsp}
+def assert_within(actual, expected, tolerances, keys=None, factor=1.0):
+    """|actual - expected| ≤ factor·tolerance for every output in `keys` (default: all)."""
+    for key in keys or actual:
+        error = np.abs(np.asarray(actual[key], np.float64) - expected[key]).max()
+        assert error <= factor * tolerances[key], (key, error, factor * tolerances[key])
 
 
 def run_model(model, features, **kwargs):
@@ -163,16 +114,49 @@ def test_forward_pass_matches_numpy_reference(model_and_weights):
     model, weights = model_and_weights
     features = batch()
     outputs = run_model(model, features)
-    expected = numpy_bert(weights, model.config, features)
+    expected, tolerances = reference_and_tolerances(weights, model.config, features)
     assert outputs["mlm_logits"].shape == (3, 3, VOCAB)
     assert outputs["mlm_logits"].dtype == np.float32
     assert outputs["nsp_logits"].dtype == np.float32
-    for key, value in expected.items():
-        np.testing.assert_allclose(outputs[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+    # The float32 model against the float64 reference: only the float32 side rounds. Each
+    # tolerance is GAIN·(Σ K)·U32·scale (nb.forward_tolerances): here Σ K = 573 summed
+    # terms along the chain to the MLM logits (3 + H + 2·(H + D + 2S + 3H + I + H) + 3H
+    # with H=32, D=8, S=8, I=37), GAIN = 2, and scale the size of the values the last sum
+    # adds up (Σ|h_i·e_i| + |bias| ≈ 10 for the MLM logits): ≈ 7e-4 for the MLM logits,
+    # 2e-4 for sequence_output. Measured errors are 60-250× smaller on an AMD EPYC (with
+    # oneDNN or Eigen kernels); the 1.5e-5 reported from an Intel Xeon with AVX-512 is 50×
+    # smaller. Real bugs are over 1000× larger (test below).
+    assert_within(outputs, expected, tolerances)
+
+
+@pytest.mark.parametrize(
+    "bug",
+    ["attention_scale_1_over_D", "no_layer_norm", "transposed_query_kernel", "gamma_beta_swapped"],
+)
+def test_forward_tolerances_reject_real_bugs(model_and_weights, bug):
+    """The tolerances above are far below what a wrong model computes."""
+    model, weights = model_and_weights
+    features = batch()
+    expected, tolerances = reference_and_tolerances(weights, model.config, features)
+    variant, wrong_weights = {}, dict(weights)
+    if bug == "attention_scale_1_over_D":
+        variant["attention_scale"] = 1.0 / model.config.head_size
+    elif bug == "no_layer_norm":
+        variant["norm"] = lambda x, gamma, beta: x * gamma + beta
+    elif bug == "transposed_query_kernel":
+        name = "bert/encoder/layer_1/attention/self/query/kernel"
+        wrong_weights[name] = weights[name].T
+    else:
+        prefix = "cls/predictions/transform/LayerNorm/"
+        wrong_weights[prefix + "gamma"] = weights[prefix + "beta"]
+        wrong_weights[prefix + "beta"] = weights[prefix + "gamma"]
+    wrong = nb.forward(wrong_weights, model.config, features, **variant)
+    error = np.abs(wrong["mlm_logits"] - expected["mlm_logits"]).max()
+    assert error > 1000 * tolerances["mlm_logits"], (bug, error)
 
 
 def test_padding_is_ignored_and_matters(model_and_weights):
-    model, _ = model_and_weights
+    model, weights = model_and_weights
     features = batch()
     outputs = run_model(model, features)
     mask = features["input_mask"].astype(bool)
@@ -181,16 +165,22 @@ def test_padding_is_ignored_and_matters(model_and_weights):
     changed["input_ids"] = np.where(mask, features["input_ids"], 7).astype(np.int32)
     changed["segment_ids"] = np.where(mask, features["segment_ids"], 1).astype(np.int32)
     changed_outputs = run_model(model, changed)
-    np.testing.assert_allclose(
-        changed_outputs["sequence_output"][mask], outputs["sequence_output"][mask], atol=1e-6
+    # Exact by construction: a padding key's score is ≈ -10000 below the row's max, so its
+    # exp() underflows to exactly 0 in float32 and 0·value adds exactly 0; the shapes (hence
+    # the kernels and their summation orders) are unchanged.
+    np.testing.assert_array_equal(
+        changed_outputs["sequence_output"][mask], outputs["sequence_output"][mask]
     )
     for key in ("pooled_output", "nsp_logits", "mlm_logits"):  # all positions are unpadded
-        np.testing.assert_allclose(changed_outputs[key], outputs[key], atol=1e-6, err_msg=key)
+        np.testing.assert_array_equal(changed_outputs[key], outputs[key], err_msg=key)
 
-    # The same changed tokens, now unmasked, do change the real positions.
+    # The same changed tokens, now unmasked, do change the real positions: by far more
+    # than float32 rounding could.
     unmasked = dict(changed, input_mask=np.ones_like(features["input_mask"]))
     unmasked_outputs = run_model(model, unmasked)
-    assert np.abs(unmasked_outputs["pooled_output"] - outputs["pooled_output"])[1:].max() > 1e-3
+    tolerances = reference_and_tolerances(weights, model.config, unmasked)[1]
+    difference = np.abs(unmasked_outputs["pooled_output"] - outputs["pooled_output"])[1:].max()
+    assert difference > 100 * tolerances["pooled_output"]
 
 
 def test_sequence_longer_than_position_table_raises(model_and_weights):
@@ -204,8 +194,14 @@ def test_gelu_variants_match_their_formulas():
     x = np.linspace(-6.0, 6.0, 241)
     tanh_gelu = modeling.get_activation("gelu")(tf.constant(x)).numpy()
     exact_gelu = modeling.get_activation("gelu_exact")(tf.constant(x)).numpy()
-    np.testing.assert_allclose(tanh_gelu, np_gelu_tanh(x), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(exact_gelu, np_gelu_erf(x), rtol=0, atol=1e-12)
+    # Both sides in float64 (u64 = 2^-53): about 8 operations (x³, products, a sum, tanh
+    # or erf, 1 + ·, 0.5·x·), each within 4 ulps (≤ 8·u64 relative; libm's and Eigen's
+    # tanh and erf) of values of size ≤ 1 + |x| (0.5·x times a factor in [0, 2]; the
+    # tanh argument's error is damped by tanh' ≤ 1): |error| ≤ 8·8·u64·(1 + |x|)
+    # ≈ 7e-15·(1 + |x|); measured: ≤ 2·u64·(1 + |x|). A swap errs by up to 4.7e-4.
+    tolerance = 64 * 2.0**-53 * (1 + np.abs(x))
+    assert (np.abs(tanh_gelu - nb.gelu_tanh(x)) <= tolerance).all()
+    assert (np.abs(exact_gelu - nb.gelu_erf(x)) <= tolerance).all()
     assert np.abs(tanh_gelu - exact_gelu).max() > 1e-4  # a swap would fail the lines above
     assert modeling.get_activation("gelu_new") is modeling.get_activation("gelu")
     np.testing.assert_array_equal(modeling.get_activation("linear")(tf.constant(x)).numpy(), x)
@@ -222,8 +218,15 @@ def test_hidden_act_reaches_the_model():
     weights = randomize(model)
     features = batch()
     outputs = run_model(model, features)
-    tanh_reference = numpy_bert(weights, config, features)["sequence_output"]
-    assert np.abs(outputs["sequence_output"] - tanh_reference).max() > 1e-4
+    expected, tolerances = reference_and_tolerances(
+        weights, config, features, activation=nb.gelu_erf
+    )
+    assert_within(outputs, expected, tolerances)
+    # The two GELUs differ by at most 4.7e-4 per value, so the tanh reference is only a
+    # few tolerances away (6× here); outside them, so the test tells the two apart.
+    tanh_reference = nb.forward(weights, config, features)["sequence_output"]
+    difference = np.abs(outputs["sequence_output"] - tanh_reference).max()
+    assert difference > 2 * tolerances["sequence_output"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,12 +250,22 @@ def test_mlm_output_is_tied_to_word_embeddings():
     after = run_model(model, features)["mlm_logits"]
 
     bias = weights["cls/predictions/output_bias"]
-    np.testing.assert_allclose(
-        after[..., target], before[..., source] - bias[source] + bias[target], atol=1e-5
+    # Logit t is fl(fl(h·e_t) + b_t). Columns source and target hold the same dot product
+    # h·e_source, but a GEMM may block columns differently, so each of the two float32
+    # dot products errs by ≤ H·U32·Σ|h_i·e_i| (Higham's γ_H), and each bias sum rounds
+    # once: |difference| ≤ (2H + 2)·U32·(Σ|h_i·e_i| + |b_source| + |b_target|).
+    hidden = nb.forward(weights, model.config, features)["mlm_hidden"]  # [B, P, H]
+    scale = np.abs(hidden) @ np.abs(table[source]) + abs(bias[source]) + abs(bias[target])
+    tolerance = (2 * model.config.hidden_size + 2) * nb.U32 * scale
+    expected = before[..., source] - bias[source] + bias[target]
+    assert (np.abs(after[..., target] - expected) <= tolerance).all()
+    # Exact by construction: h·0 = 0 exactly, and 0 + b = b; the other columns compute the
+    # same float32 operations on the same values as before (same shapes, same kernels).
+    np.testing.assert_array_equal(
+        after[..., zeroed], np.broadcast_to(np.float32(bias[zeroed]), after.shape[:2])
     )
-    np.testing.assert_allclose(after[..., zeroed], np.broadcast_to(bias[zeroed], after.shape[:2]))
     others = [t for t in range(VOCAB) if t not in (target, zeroed)]
-    np.testing.assert_allclose(after[..., others], before[..., others], atol=1e-6)
+    np.testing.assert_array_equal(after[..., others], before[..., others])
 
 
 def test_mlm_loss_trains_the_word_embeddings_of_unseen_tokens(model_and_weights):
@@ -283,14 +296,18 @@ def test_masked_lm_sums_matches_numpy():
     weights = np.array([[1.0, 1.0, 0.0], [1.0, 0.5, 0.0]], np.float32)
     sums = modeling.masked_lm_sums(tf.constant(logits), tf.constant(ids), tf.constant(weights))
 
-    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    wide = logits.astype(np.float64)  # the reference in float64: only TF's side rounds
+    log_probs = wide - np.log(np.exp(wide).sum(-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, ids[..., None], -1)[..., 0]
     assert sums["loss_sum"].dtype == tf.float32
-    np.testing.assert_allclose(sums["loss_sum"], (nll * weights).sum(), rtol=1e-6)
-    np.testing.assert_allclose(sums["weight_sum"], 3.5)
+    # ≈ 1.3e-5 here (V = 4, logit spreads ≤ 10.4, Σ weight = 3.5); see the helper.
+    tolerance = nb.cross_entropy_sum_tolerance(wide, weights)
+    assert abs(float(sums["loss_sum"]) - (nll * weights).sum()) <= tolerance
+    # Sums of a few halves and ones: exact in float32.
+    assert float(sums["weight_sum"]) == 3.5
     # Correct: [0,0] (argmax 0) and [1,0] (argmax 3) with weight 1; [1,1] is argmax 0 with
     # weight 0.5; [0,2] is right but weighs 0.
-    np.testing.assert_allclose(sums["correct_sum"], 2.5)
+    assert float(sums["correct_sum"]) == 2.5
 
 
 @pytest.mark.parametrize("label_shape", [(4,), (4, 1)])
@@ -300,19 +317,23 @@ def test_next_sentence_sums_matches_numpy(label_shape):
     sums = modeling.next_sentence_sums(
         tf.constant(logits), tf.constant(labels.reshape(label_shape))
     )
-    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    wide = logits.astype(np.float64)  # the reference in float64: only TF's side rounds
+    log_probs = wide - np.log(np.exp(wide).sum(-1, keepdims=True))
     nll = -log_probs[np.arange(4), labels]
-    np.testing.assert_allclose(sums["loss_sum"], nll.sum(), rtol=1e-6)
-    np.testing.assert_allclose(sums["count"], 4.0)
-    np.testing.assert_allclose(sums["correct_sum"], 2.0)  # examples 0 and 2
+    tolerance = nb.cross_entropy_sum_tolerance(wide, np.ones(4))  # ≈ 5e-6
+    assert abs(float(sums["loss_sum"]) - nll.sum()) <= tolerance
+    # Counts of whole examples: exact.
+    assert float(sums["count"]) == 4.0
+    assert float(sums["correct_sum"]) == 2.0  # examples 0 and 2
 
     weights = np.array([1.0, 0.0, 0.0, 1.0], np.float32)  # two padding examples
     weighted = modeling.next_sentence_sums(
         tf.constant(logits), tf.constant(labels.reshape(label_shape)), tf.constant(weights)
     )
-    np.testing.assert_allclose(weighted["loss_sum"], nll[0] + nll[3], rtol=1e-6)
-    np.testing.assert_allclose(weighted["count"], 2.0)
-    np.testing.assert_allclose(weighted["correct_sum"], 1.0)
+    tolerance = nb.cross_entropy_sum_tolerance(wide, weights)
+    assert abs(float(weighted["loss_sum"]) - (nll[0] + nll[3])) <= tolerance
+    assert float(weighted["count"]) == 2.0
+    assert float(weighted["correct_sum"]) == 1.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,6 +425,81 @@ def test_bert_base_parameter_counts():
 
 
 # ---------------------------------------------------------------------------------------
+# Initial weights
+# ---------------------------------------------------------------------------------------
+
+# Keras' TruncatedNormal(stddev=s) draws N(0, s²) and redraws values beyond 2s
+# (tf.random.stateless_truncated_normal), without rescaling. For X ~ N(0, 1) truncated to
+# [-a, a], with φ the normal density and Z = erf(a/√2) = P(|X| < a), integrating by parts:
+#   E[X²] = 1 - 2aφ(a)/Z,  E[X⁴] = 3 - (6a + 2a³)φ(a)/Z,  P(|X| > 1 | |X| < a) = 1 - erf(1/√2)/Z.
+_PHI_2 = math.exp(-2.0) / math.sqrt(2.0 * math.pi)
+_Z_2 = math.erf(2.0 / math.sqrt(2.0))
+TRUNCATED_SECOND_MOMENT = 1.0 - 4.0 * _PHI_2 / _Z_2  # 0.7737
+TRUNCATED_FOURTH_MOMENT = 3.0 - 28.0 * _PHI_2 / _Z_2  # 1.4162
+TRUNCATED_BEYOND_ONE_STDDEV = 1.0 - math.erf(1.0 / math.sqrt(2.0)) / _Z_2  # 0.2848
+
+
+def initial_weights(seed, config):
+    keras.utils.set_random_seed(seed)  # what the trainer does with --seed
+    return {name: v.numpy() for name, v in modeling.original_name_map(built_model(config)).items()}
+
+
+def test_initial_weights_are_the_originals():
+    # A non-default initializer_range (the original's is 0.02), and sizes that give
+    # 4096-32768 samples per matrix (128 for the [2, H] ones), built in about a second.
+    stddev = 0.05
+    config = tiny_config(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        initializer_range=stddev,
+    )
+    weights = initial_weights(7, config)
+    # The documented "std ≈ 0.8796·s" of a 2σ-truncated normal, from the moments above.
+    assert math.sqrt(TRUNCATED_SECOND_MOMENT) == pytest.approx(0.8796, abs=1e-4)
+    random_names = []
+    for name, value in weights.items():
+        if name.endswith(("bias", "beta")):  # dense biases, both heads' output biases
+            np.testing.assert_array_equal(value, 0.0, err_msg=name)
+        elif name.endswith("gamma"):
+            np.testing.assert_array_equal(value, 1.0, err_msg=name)
+        else:  # kernels, embedding tables, the NSP output weights
+            random_names.append(name)
+            x = value.astype(np.float64).ravel()
+            n = x.size
+            variance = stddev**2 * TRUNCATED_SECOND_MOMENT
+            # Sample statistics of n independent draws, each allowed 5 of its standard
+            # deviations (CLT; about 1 in 2 million per check): the mean (std σ/√n), the
+            # mean of x² (std sqrt((E[x⁴] - σ⁴)/n)) and the fraction of |x| > s (binomial).
+            # With n = 4096 the mean square is held to ±9%: an untruncated N(0, s²) (+29%),
+            # a uniform of the same std (28.5% → 34.3% beyond s), initializer_range
+            # ignored (the default 0.02: -84%) all fail; truncation is checked directly.
+            fourth = stddev**4 * TRUNCATED_FOURTH_MOMENT
+            assert abs(x.mean()) <= 5 * math.sqrt(variance / n), name
+            assert abs((x**2).mean() - variance) <= 5 * math.sqrt((fourth - variance**2) / n), name
+            p = TRUNCATED_BEYOND_ONE_STDDEV
+            beyond = (np.abs(x) > stddev).mean()
+            assert abs(beyond - p) <= 5 * math.sqrt(p * (1 - p) / n), name
+            # Drawn in float32 as z·s with |z| < 2: at most one rounding above 2s.
+            assert np.abs(x).max() <= 2 * stddev * (1 + nb.U32), name
+    assert len(random_names) == 3 + 6 * config.num_hidden_layers + 3  # tables, kernels, NSP
+    # Every matrix is its own draw (no initializer reused with one fixed seed).
+    for i, a in enumerate(random_names):
+        for b in random_names[:i]:
+            assert weights[a].shape != weights[b].shape or not np.array_equal(
+                weights[a], weights[b]
+            ), (a, b)
+
+    again = initial_weights(7, config)
+    other = initial_weights(8, config)
+    for name in weights:
+        np.testing.assert_array_equal(again[name], weights[name], err_msg=name)
+        if name in random_names:
+            assert not np.array_equal(other[name], weights[name]), name
+
+
+# ---------------------------------------------------------------------------------------
 # Dropout
 # ---------------------------------------------------------------------------------------
 
@@ -411,16 +507,18 @@ SEED = tf.constant([12, 34], tf.int64)
 
 
 def test_dropout_is_a_function_of_the_seed(model_and_weights):
-    model, _ = model_and_weights
+    model, weights = model_and_weights
     features = batch()
+    tolerances = reference_and_tolerances(weights, model.config, features)[1]
     inference = run_model(model, features)
     first = run_model(model, features, training=True, dropout_seed=SEED)
     again = run_model(model, features, training=True, dropout_seed=tf.constant([12, 34]))
     other = run_model(model, features, training=True, dropout_seed=tf.constant([12, 35]))
     for key in ("mlm_logits", "nsp_logits", "sequence_output"):
         np.testing.assert_array_equal(first[key], again[key], err_msg=key)
-        assert np.abs(first[key] - other[key]).max() > 1e-3, key
-        assert np.abs(first[key] - inference[key]).max() > 1e-3, key
+        # Other masks change the outputs by far more than float32 rounding could.
+        assert np.abs(first[key] - other[key]).max() > 100 * tolerances[key], key
+        assert np.abs(first[key] - inference[key]).max() > 100 * tolerances[key], key
     no_dropout = run_model(model, features, training=False, dropout_seed=SEED)
     for key in inference:
         np.testing.assert_array_equal(no_dropout[key], inference[key], err_msg=key)
@@ -454,10 +552,17 @@ def test_stateless_dropout_rate_and_scaling():
     layer = modeling.StatelessDropout(0.3, site=5)
     x = tf.ones([20000])
     y = layer(x, training=True, dropout_seed=SEED).numpy()
-    assert abs((y == 0).mean() - 0.3) < 0.02
-    np.testing.assert_allclose(y[y != 0], 1 / 0.7, rtol=1e-6)
+    # n = 20000 Bernoulli(0.3) draws: the dropped fraction has std sqrt(0.3·0.7/n) = 0.0032;
+    # allow 5 of them (a wrong rate, e.g. the keep rate 0.7, is 120 of them away).
+    n = x.shape[0]
+    assert abs((y == 0).mean() - 0.3) <= 5 * math.sqrt(0.3 * 0.7 / n)
+    # 1·1·(1/0.7): at most two float32 roundings (of 1/(1 - rate), however it is formed).
+    np.testing.assert_allclose(y[y != 0], 1 / 0.7, rtol=2 * nb.U32)
+    # Independent masks differ at a fraction 2·0.3·0.7 = 0.42 of the units (std 0.0035);
+    # masks shared between sites would differ nowhere.
     other_site = modeling.StatelessDropout(0.3, site=6)(x, training=True, dropout_seed=SEED)
-    assert ((other_site.numpy() == 0) != (y == 0)).mean() > 0.3
+    differ = ((other_site.numpy() == 0) != (y == 0)).mean()
+    assert abs(differ - 0.42) <= 5 * math.sqrt(0.42 * 0.58 / n)
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,7 +581,7 @@ def labels_for(features, seed=1):
 
 
 def test_training_step_compiles_with_xla(model_and_weights):
-    model, _ = model_and_weights
+    model, weights = model_and_weights
     features = batch()
     labels = labels_for(features)
 
@@ -494,15 +599,47 @@ def test_training_step_compiles_with_xla(model_and_weights):
     tensors = to_tensors(features)
     outputs, loss, gradients = step(tensors, SEED, False)
     eager = model(tensors)
-    for key in ("mlm_logits", "nsp_logits"):
-        np.testing.assert_allclose(outputs[key], eager[key], atol=1e-5, err_msg=key)
-    assert np.isfinite(loss.numpy())
-    assert all(np.isfinite(tf.convert_to_tensor(g).numpy()).all() for g in gradients)
+    # XLA fuses and reorders the float32 sums; its outputs are within the float32 bound of
+    # the float64 reference, like the uncompiled model's, so the two differ by at most
+    # twice the bound (each side's error).
+    keys = ("mlm_logits", "nsp_logits")
+    expected, tolerances = reference_and_tolerances(weights, model.config, features)
+    assert_within(outputs, expected, tolerances, keys)
+    assert_within(outputs, {k: eager[k].numpy() for k in keys}, tolerances, keys, factor=2)
+
+    # The loss and every gradient against the hand-written NumPy backward pass.
+    labelled = dict(
+        features,
+        masked_lm_ids=labels["masked_lm_ids"].numpy(),
+        masked_lm_weights=labels["masked_lm_weights"].numpy(),
+        next_sentence_labels=labels["next_sentence_labels"].numpy().ravel(),
+        example_weight=np.ones(3),
+    )
+    reference = nb.pretraining_loss_and_gradients(weights, model.config, labelled)
+    mlm_weights = labels["masked_lm_weights"].numpy()
+    loss_tolerance = (
+        nb.cross_entropy_sum_tolerance(
+            expected["mlm_logits"], mlm_weights, tolerances["mlm_logits"]
+        )
+        / mlm_weights.sum()
+        + nb.cross_entropy_sum_tolerance(
+            expected["nsp_logits"], np.ones(3), tolerances["nsp_logits"]
+        )
+        / 3
+    )
+    assert abs(float(loss) - reference["loss"]) <= loss_tolerance
+    gradient_tolerances = nb.gradient_tolerances(model.config, features, reference["term_scales"])
+    names = {id(v): name for name, v in modeling.original_name_map(model).items()}
+    for variable, gradient in zip(model.trainable_variables, gradients):
+        name = names[id(variable)]
+        error = np.abs(tf.convert_to_tensor(gradient).numpy() - reference["gradients"][name])
+        assert (error <= gradient_tolerances[name]).all(), (name, error.max())
 
     first = step(tensors, SEED, True)
     again = step(tensors, SEED, True)
     np.testing.assert_array_equal(first[0]["mlm_logits"], again[0]["mlm_logits"])
-    assert np.abs(first[0]["mlm_logits"] - outputs["mlm_logits"]).max() > 1e-3
+    difference = np.abs(first[0]["mlm_logits"] - outputs["mlm_logits"]).max()
+    assert difference > 100 * tolerances["mlm_logits"]
 
 
 @pytest.fixture
@@ -527,18 +664,32 @@ def test_mixed_bfloat16_gives_float32_logits_close_to_float32(restore_dtype_poli
     expected = model(features)
     outputs = mixed(features)
     dropped = mixed(features, training=True, dropout_seed=SEED)
+    # The model's values are rounded to bfloat16 (unit roundoff U_BF16 = 2^-9) at every
+    # op, while the sums accumulate in float32. Along the chain to the MLM logits that is
+    # R ≈ 56 roundings: per layer 21 (the weights and output of q/k/v, the scaled q, the
+    # scores, probabilities, context, output projection weights and output, the residual
+    # sum, LayerNorm, intermediate weights and output, ~5 inside GELU, FFN weights and
+    # output, residual, LayerNorm), 4 in the embeddings, 10 in the MLM head (51 in all to
+    # the NSP logits). Each is a relative error uniform in [-U_BF16, U_BF16] (rms
+    # U_BF16/√3) and independent of the others, so the norm of the error relative to the
+    # norm of the logits is ≈ GAIN·sqrt(R)·U_BF16/√3 = 0.017 (GAIN = 2 as in
+    # nb.forward_tolerances); twice that, as the NSP logits are only 6 numbers to
+    # estimate an rms from. Measured: 0.007 (MLM), 0.011 (NSP).
+    bound = 2 * 2 * math.sqrt(56) * nb.U_BF16 / math.sqrt(3)
+    # Float32 alone would differ by at most 2·(Σ K)·U32 ≈ 7e-5 relative (see
+    # test_forward_pass_matches_numpy_reference): more than that means bfloat16 was used.
+    float32_bound = 2 * nb.summed_lengths(model.config, 8) * nb.U32
     for key in ("mlm_logits", "nsp_logits"):
         assert outputs[key].dtype == tf.float32
         assert dropped[key].dtype == tf.float32
-        # bfloat16 keeps 8 significant bits (relative precision 2**-8 ≈ 0.4%).
         relative_error = np.linalg.norm(outputs[key] - expected[key]) / np.linalg.norm(
             expected[key]
         )
-        assert 0 < relative_error < 0.02, key
+        assert float32_bound < relative_error < bound, key
 
 
 def test_mirrored_replicas_match_a_single_device(model_and_weights):
-    model, _ = model_and_weights
+    model, weights = model_and_weights
     strategy = conftest.mirrored_strategy(2)
     with strategy.scope():
         mirrored = built_model(model.config)
@@ -552,9 +703,17 @@ def test_mirrored_replicas_match_a_single_device(model_and_weights):
         lambda context: {k: v[context.replica_id_in_sync_group :][:1] for k, v in features.items()}
     )
     outputs = strategy.run(tf.function(lambda f: mirrored(f)["mlm_logits"]), args=(per_replica,))
-    expected = model(features)["mlm_logits"]
+    single = model(features)["mlm_logits"].numpy()
+    # Batches of 1 and of 2 run GEMMs of other shapes (other blockings); each is within
+    # the float32 bound of the float64 reference, so they differ by at most twice that.
+    expected, tolerances = reference_and_tolerances(weights, model.config, batch(batch_size=2))
+    assert_within({"mlm_logits": single}, expected, tolerances)
     for replica, value in enumerate(strategy.experimental_local_results(outputs)):
-        np.testing.assert_allclose(value, expected[replica : replica + 1], atol=1e-5)
+        row = slice(replica, replica + 1)
+        assert_within(
+            {"mlm_logits": value}, {"mlm_logits": expected["mlm_logits"][row]}, tolerances
+        )
+        assert_within({"mlm_logits": value}, {"mlm_logits": single[row]}, tolerances, factor=2)
 
 
 # ---------------------------------------------------------------------------------------
