@@ -55,7 +55,8 @@ class DataFile:
         if not self.metadata:
             return None
         source = self.metadata.get("vocab_file") or self.metadata.get("spm_model_file")
-        return f"{source} ({self.metadata['vocab_size']:,} tokens)"
+        size = f"{self.metadata['vocab_size']:,} tokens"
+        return f"{source} ({size})" if source else f"of {size} (its file is not recorded)"
 
 
 def expand_record_files(patterns: str | Sequence[str], flag: str = "--input_file") -> list[str]:

@@ -421,7 +421,9 @@ class SelfAttention(keras.layers.Layer):
         scores = tf.matmul(q * tf.cast(scale, q.dtype), k, transpose_b=True)  # [B, N, F, T]
         # The softmax in float32 whatever the compute dtype: its exp and sum are where
         # half precision loses the most (and float16 overflows).
-        scores = tf.cast(scores, tf.float32) + attention_bias
+        # (Keras casts float call arguments to the compute dtype: back to float32. In
+        # bfloat16 MASK_ADDER rounds to -9984, as good a "minus infinity" for exp().)
+        scores = tf.cast(scores, tf.float32) + tf.cast(attention_bias, tf.float32)
         probs = tf.cast(tf.nn.softmax(scores, axis=-1), q.dtype)  # [B, N, F, T]
         probs = self.probs_dropout(probs, training=training, dropout_seed=dropout_seed)
         context = tf.matmul(probs, v)  # [B, N, F, D]

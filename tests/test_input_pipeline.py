@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -88,23 +89,82 @@ def test_original_release_records_are_read_exactly(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "setting, value, flag",
+    "setting, value, expected",
     [
-        ("max_seq_length", 32, "--max_seq_length"),
-        ("max_predictions_per_seq", 5, "--max_predictions_per_seq"),
-        ("vocab_size", 30522, "vocab_size in the BERT config"),
+        ("max_seq_length", 32, f"max_seq_length=32 but --max_seq_length is {SEQ}"),
+        ("max_predictions_per_seq", 5,
+         f"max_predictions_per_seq=5 but --max_predictions_per_seq is {PRED}"),
+        ("vocab_size", 30522,
+         "vocabulary of 30,522 tokens (its file is not recorded), larger than the model's "
+         "vocab_size=50"),
     ],
-)
-def test_metadata_mismatch_names_file_and_both_values(tmp_path, setting, value, flag):
+)  # fmt: skip
+def test_metadata_mismatch_names_file_and_both_values(tmp_path, setting, value, expected):
     path = str(tmp_path / "data.tfrecord")
     original_style_records(path, 2)
     write_metadata(path, **{setting: value})
     with pytest.raises(input_pipeline.DataMismatchError) as info:
         input_pipeline.check_data_files([path], SEQ, PRED, 50)
     message = str(info.value)
-    expected = {"max_seq_length": SEQ, "max_predictions_per_seq": PRED, "vocab_size": 50}
-    assert path in message and f"{setting}={value}" in message
-    assert f"{flag} is {expected[setting]}" in message
+    assert path in message and expected in message
+
+
+def test_every_mismatch_is_reported_at_once_and_settings_default_to_the_data(tmp_path):
+    paths = [str(tmp_path / f"data-{i}.tfrecord") for i in range(2)]
+    for path in paths:
+        original_style_records(path, 2)
+    write_metadata(paths[0], max_seq_length=32)
+    write_metadata(paths[1], max_predictions_per_seq=5)
+    with pytest.raises(input_pipeline.DataMismatchError) as info:
+        input_pipeline.check_data_files(paths, SEQ, PRED, 50)
+    message = str(info.value)
+    assert f"{paths[0]}: the data has max_seq_length=32" in message
+    assert f"{paths[1]}: the data has max_predictions_per_seq=5" in message
+    # Without the flags the settings come from the data, which must then agree.
+    write_metadata(paths[0])
+    write_metadata(paths[1])
+    files = input_pipeline.check_data_files(paths, None, None, 50)
+    assert {(f.max_seq_length, f.max_predictions_per_seq) for f in files} == {(SEQ, PRED)}
+    write_metadata(paths[1], max_seq_length=32)
+    with pytest.raises(
+        input_pipeline.DataMismatchError, match="the files disagree on max_seq_length"
+    ):
+        input_pipeline.check_data_files(paths, None, None, 50)
+
+
+def test_a_text_file_is_named_as_not_a_tfrecord_file(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("One sentence per line.\nAnother one.\n")
+    with pytest.raises(input_pipeline.DataMismatchError) as info:
+        input_pipeline.check_data_files([str(text)], SEQ, PRED, 50)
+    message = str(info.value)
+    assert f"{text}: not a TFRecord file" in message and "looks like text" in message
+    assert "create_pretraining_data.py" in message and "function_node" not in message
+
+
+def test_damaged_records_are_found_with_their_file_and_offset(tmp_path):
+    paths = [str(tmp_path / f"data-{i}.tfrecord") for i in range(3)]
+    for path in paths:
+        original_style_records(path, 4)
+    assert input_pipeline.find_corrupt_record(paths) is None
+    size = os.path.getsize(paths[1])
+    record = size // 4  # the records are all the same length
+    with open(paths[1], "r+b") as f:  # one flipped byte in the data of the third record
+        f.seek(2 * record + 20)
+        byte = f.read(1)
+        f.seek(2 * record + 20)
+        f.write(bytes([byte[0] ^ 0x01]))
+    assert input_pipeline.find_corrupt_record(paths) == (
+        f"{paths[1]}: checksum mismatch in the data of record #2 at byte {2 * record}"
+    )
+    with open(paths[2], "r+b") as f:
+        f.truncate(size - 7)
+    with open(paths[1], "r+b") as f:  # repair the first fault
+        f.seek(2 * record + 20)
+        f.write(byte)
+    assert input_pipeline.find_corrupt_record(paths) == (
+        f"{paths[2]}: truncated record #3 at byte {3 * record}"
+    )
 
 
 def test_files_without_metadata_are_checked_from_their_first_record(tmp_path):

@@ -366,7 +366,13 @@ def test_resume_refuses_changed_settings_and_allows_another_replica_count(
         assert "Use the same flags" in message and f"--init_checkpoint={out}" in message
         return message
 
-    assert "global batch (--batch_size × replicas): 8 (8 × 1) then, 16 (8 × 2) now" in refusal(2)
+    message = refusal(2)
+    assert (
+        "effective batch (--batch_size × replicas × --gradient_accumulation_steps): 8 "
+        "(8 × 1 × 1) then, 16 (8 × 2 × 1) now" in message
+    )
+    # XLA draws other dropout masks: a change of mode is refused too.
+    assert "--xla: False then, True now" in refusal(1, xla=True)
     assert "--num_train_steps: 3 then, 5 now" in refusal(1, num_train_steps=5)
     # A new shard matching the same glob would move the saved input position.
     added = copy_data(workspace, tmp_path / "data", "train-1.tfrecord")
@@ -481,7 +487,7 @@ def test_init_checkpoint_may_be_a_directory_and_bad_paths_are_named(workspace, t
             training.train_and_evaluate(config, strategy=strategy_over(1))
         message = str(info.value)
         assert f"--init_checkpoint={path}: {fragment}" in message
-        assert "expected a checkpoint prefix such as out/model.ckpt-1000" in message
+        assert "expected one of: a checkpoint prefix of this tool" in message
         assert not (tmp_path / "new").exists()  # refused before anything was written
 
 
@@ -529,3 +535,185 @@ def test_loss_falls_on_the_bundled_sample(tmp_path):
     # From about ln(2000) = 7.6 (uniform over the vocabulary) to well below.
     assert np.mean(losses[:3]) > 7.0
     assert np.mean(losses[-10:]) < np.mean(losses[:3]) - 1.0, losses
+
+
+# ----------------------------------------------------------------------------------------
+# Speed features: accumulation, XLA, steps per loop, precision, LAMB
+
+
+def assert_trained_alike(one, two, start, rtol=1e-5):
+    """Weights and slots of two trainers agree to float32 summation-order rounding."""
+    for a, b, initial in zip(one.variables, two.variables, start):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=rtol, atol=1e-7, err_msg=a.path)
+        assert not np.array_equal(a.numpy(), initial), f"{a.path} did not train"
+    for a, b in zip(one.optimizer.m + one.optimizer.v, two.optimizer.m + two.optimizer.v):
+        scale = np.abs(a.numpy()).max()
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=rtol, atol=rtol * scale + 1e-10)
+
+
+@pytest.mark.parametrize("optimizer, xla", [("adamw", True), ("lamb", False)])
+def test_accumulation_on_two_replicas_trains_like_one_device_with_the_whole_batch(
+    workspace, optimizer, xla
+):
+    # 2 micro-batches × 2 replicas × 2 examples against one device with 8: the loss is
+    # normalised by the counts of the whole effective batch, so the gradients match.
+    start = initial_weights(workspace)
+    overrides = dict(optimizer=optimizer, poly_power=0.5)
+    one, one_metrics = run_steps(workspace, 1, 8, 3, init_weights=start, **overrides)
+    two, two_metrics = run_steps(
+        workspace, 2, 2, 3, init_weights=start, gradient_accumulation_steps=2, xla=xla,
+        **overrides,
+    )  # fmt: skip
+    assert two.xla == xla and two.accumulation == 2
+    for a, b in zip(one_metrics, two_metrics):
+        for key in ("mlm_loss_sum", "mlm_count", "nsp_loss_sum", "grad_norm_sum"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
+        assert b["applied_steps"] == 1 and b["skipped_steps"] == 0
+    assert_trained_alike(one, two, start)
+    for variable in two.optimizer.model_variables:
+        first, second = two.strategy.experimental_local_results(variable)
+        np.testing.assert_array_equal(first.numpy(), second.numpy())
+    # The four micro-batches of a global batch hold different numbers of masked tokens:
+    # normalising per micro-batch would give another gradient.
+    batch = next(iter(input_pipeline.train_dataset([workspace["data"]], 8, SEQ, PRED, seed=7)))
+    quarters = batch["masked_lm_weights"].numpy().reshape(4, 2, PRED).sum(axis=(1, 2))
+    assert len(set(quarters)) > 1
+
+
+def test_steps_per_loop_runs_the_very_same_steps(workspace):
+    start = initial_weights(workspace)
+    stepwise, _ = run_steps(workspace, 2, 4, 6, init_weights=start)
+    config = make_config(workspace, workspace["root"] / "unused")
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    looped = training.Trainer(strategy_over(2), bert_config, config)
+    for variable, value in zip(looped.variables, start):
+        variable.assign(value)
+    iterator = iter(
+        input_pipeline.train_dataset([workspace["data"]], 8, SEQ, PRED, seed=7, shuffle_buffer=1000)
+    )
+    totals = [looped.train_steps(iterator, tf.constant(3, tf.int64)) for _ in range(2)]
+    assert [float(t["applied_steps"]) for t in totals] == [3.0, 3.0]
+    assert int(looped.step.numpy()) == 6 and int(looped.updates.numpy()) == 6
+    # The same ops on the same batches: the same bits.
+    for a, b in zip(stepwise.variables, looped.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_bf16_replicas_train_like_one_device_within_bfloat16_rounding(workspace):
+    # bfloat16 keeps 8 significant bits (unit roundoff u = 2^-9). One device and two
+    # replicas compute every example's forward pass alike; they differ in how the
+    # weight gradients of a Dense layer (X^T·dY, rounded to bfloat16 once per replica)
+    # are split: each replica's partial sum is rounded, then the partials are added.
+    # Hence per step: losses equal up to float32 summation (the first step, same
+    # weights) and gradient norms within 2·u relative per rounding, 2 roundings: 2^-7.
+    start = initial_weights(workspace)
+    overrides = dict(precision="bf16", num_warmup_steps=0)
+    one, one_metrics = run_steps(workspace, 1, 8, 2, init_weights=start, **overrides)
+    two, two_metrics = run_steps(workspace, 2, 4, 2, init_weights=start, **overrides)
+    assert one.model.encoder.compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in two.variables + two.optimizer.m)
+    np.testing.assert_allclose(
+        one_metrics[0]["mlm_loss_sum"], two_metrics[0]["mlm_loss_sum"], rtol=1e-5
+    )
+    for a, b in zip(one_metrics, two_metrics):
+        np.testing.assert_allclose(a["grad_norm_sum"], b["grad_norm_sum"], rtol=2**-7)
+    # The first Adam update is lr·m/(sqrt(v)+eps) ≈ lr·3.16·sign(g): rounding can flip
+    # only elements whose gradient is within rounding of zero, so the updates agree
+    # elementwise except on a few such elements. Bound the share that differ by more
+    # than 1% of the step, and the relative norm of the difference (sqrt of twice that
+    # share, each flipped element contributing at most (2·step)^2 against step^2).
+    updates_one = np.concatenate([(v.numpy() - s).ravel() for v, s in zip(one.variables, start)])
+    updates_two = np.concatenate([(v.numpy() - s).ravel() for v, s in zip(two.variables, start)])
+    step = np.abs(updates_one).max()
+    differ = np.abs(updates_one - updates_two) > 0.01 * step
+    assert differ.mean() < 0.02, differ.mean()
+    relative = np.linalg.norm(updates_one - updates_two) / np.linalg.norm(updates_one)
+    assert relative < 2 * np.sqrt(2 * 0.02), relative
+
+
+def test_fp16_loss_scaling_skips_overflowing_steps_and_grows_back(workspace, monkeypatch):
+    monkeypatch.setattr(training, "LOSS_SCALE_GROWTH_INTERVAL", 2)
+    config = make_config(workspace, workspace["root"] / "unused", precision="fp16")
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    trainer = training.Trainer(strategy_over(2), bert_config, config)
+    assert trainer.model.encoder.compute_dtype == "float16"
+    assert float(trainer.loss_scale.numpy()) == training.INITIAL_LOSS_SCALE
+    # A scale of 2^40 overflows float16 (max 65504) in the backward pass at once.
+    trainer.loss_scale.assign(2.0**40)
+    iterator = iter(input_pipeline.train_dataset([workspace["data"]], 8, SEQ, PRED, seed=7))
+    before = [v.numpy() for v in trainer.variables]
+    metrics = trainer.train_step(iterator)
+    assert float(metrics["skipped_steps"]) == 1 and float(metrics["nonfinite_steps"]) == 0
+    assert float(trainer.loss_scale.numpy()) == 2.0**39
+    assert int(trainer.nonfinite_streak.numpy()) == 0  # loss scaling, not a NaN alarm
+    for variable, value in zip(trainer.variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value)  # nothing applied
+    # Halving until the gradients fit; then two finite steps double the scale.
+    scales = []
+    for _ in range(40):
+        metrics = trainer.train_step(iterator)
+        scales.append(float(trainer.loss_scale.numpy()))
+        if float(metrics["applied_steps"]):
+            break
+    assert float(metrics["applied_steps"]) == 1, scales
+    applied_at = scales[-1]
+    assert all(b == a / 2 for a, b in zip([2.0**39, *scales[:-2]], scales[:-1]))
+    trainer.train_step(iterator)
+    assert float(trainer.loss_scale.numpy()) == 2 * applied_at
+    assert int(trainer.skipped_steps.numpy()) == len(scales)
+    assert int(trainer.step.numpy()) == len(scales) + 2
+    assert int(trainer.updates.numpy()) == 2
+    assert all(np.isfinite(v.numpy()).all() for v in trainer.variables)
+
+
+def test_replicas_draw_different_dropout_masks(workspace):
+    # Replica 0 of a 2-replica step draws the mask one device draws at the same step;
+    # replica 1 must draw another. Feed both replicas the same rows: the summed loss is
+    # then twice one device's loss only if the masks are the same.
+    config = make_config(
+        workspace, workspace["root"] / "unused", bert_config_file=workspace["configs"]["drop"]
+    )
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    rows = next(iter(input_pipeline.train_dataset([workspace["data"]], 4, SEQ, PRED, seed=7)))
+    doubled = {name: tf.concat([value, value], 0) for name, value in rows.items()}
+    # Large weights: at initialisation the logits are ~0 and the loss ~ln(V) whatever
+    # the mask; with these, a different mask changes the loss by percents.
+    rng = np.random.default_rng(0)
+    weights = [w + rng.normal(0, 0.3, w.shape) for w in initial_weights(workspace)]
+    losses = {}
+    for replicas, batch in ((1, rows), (2, doubled)):
+        trainer = training.Trainer(strategy_over(replicas), bert_config, config)
+        for variable, value in zip(trainer.variables, weights):
+            variable.assign(value)
+        iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+        losses[replicas] = float(trainer.train_step(iterator)["mlm_loss_sum"])
+    # Equal masks would give 2·loss up to float32 summation order (~1e-6 relative).
+    assert abs(losses[2] - 2 * losses[1]) > 1e-3 * losses[1], losses
+
+
+def test_nan_guard_stops_training_and_keeps_the_last_good_checkpoint(workspace, tmp_path):
+    # An absurd learning rate: the first update makes the weights ~1e30, every later
+    # forward pass overflows. Those steps are never applied, and after
+    # --max_nonfinite_steps of them training stops with an error.
+    out = tmp_path / "out"
+    config = make_config(
+        workspace, out, learning_rate=1e30, num_warmup_steps=0, max_nonfinite_steps=3,
+        save_checkpoints_steps=1, num_train_steps=20,
+    )  # fmt: skip
+    with pytest.raises(training.NonFiniteLossError) as info:
+        training.train_and_evaluate(config, strategy=strategy_over(2))
+    message = str(info.value)
+    assert "3 consecutive steps up to step 4" in message
+    assert "--max_nonfinite_steps=3" in message and str(out) in message
+    latest = tf.train.latest_checkpoint(str(out))
+    # Steps 2 and 3 were skipped (saved weights = step 1's); step 4 tripped the guard
+    # before its checkpoint.
+    assert latest.endswith("model.ckpt-3")
+    reader = tf.train.load_checkpoint(latest)
+    weights = [
+        reader.get_tensor(key)
+        for key in reader.get_variable_to_shape_map()
+        if key.startswith("model/") and "OPTIMIZER_SLOT" not in key
+    ]
+    assert weights and all(np.isfinite(w).all() for w in weights)
+    assert int(reader.get_tensor("skipped_steps/.ATTRIBUTES/VARIABLE_VALUE")) == 2
