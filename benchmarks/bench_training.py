@@ -550,14 +550,15 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
         f"Python {versions.get('python', platform.python_version())}, TensorFlow "
         f"{versions.get('tensorflow', '?')}, Keras {versions.get('keras', '?')}"
         + (f", keras-hub {facts['theirs']['keras_hub']}" if "theirs" in facts else "")
-        + f"; TensorFlow threads: {versions.get('threads', '?')}.",
+        + f"; TensorFlow threads: {versions.get('threads', '?')}. "
+        f"Load average (1 min): {cpu.get('load', '?')}.",
         "",
         f"Settings: global batch {args.batch_size}, sequence length {args.seq_length}, "
         f"{args.predictions} predictions, vocabulary {args.vocab_size:,}, padding "
         f"{args.padding}; one replica on the CPU; {args.warmup_steps} warm-up steps, then "
-        f"{args.windows} alternating windows per side of "
+        f"{args.windows} timed windows per side, the sides taking turns, each of "
         + (f"{args.steps} steps" if args.steps else f"about {args.window_seconds:g} s")
-        + ", median reported.",
+        + "; the median window is reported.",
     ]
     if "ours" in facts:
         used = facts["ours"]["config"]
@@ -720,6 +721,7 @@ def main(argv: list[str]) -> int:
             ".venv-bench/bin/pip install -r requirements-bench.txt), or pass --ours_only"
         )
     cpu = cpu_facts()
+    load_before = os.getloadavg()[0]
     _log(f"CPU: {cpu['model']}, {cpu['cores']} cores; measuring the GEMM peak")
     gemm_worker = Worker(
         _worker_spec(
@@ -748,6 +750,9 @@ def main(argv: list[str]) -> int:
                 _log(str(error))
                 rows.append({"config": config, "precision": precision, "error": "see the log"})
                 failed = True
+    # How busy the machine was: on a quiet one, about the benchmark's own busy threads
+    # (up to the cores); much more means others' work shared the cores.
+    cpu["load"] = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     report = format_report(args, cpu, gemm, rows)
     print(report)
     if args.output:
