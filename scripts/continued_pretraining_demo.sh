@@ -49,6 +49,7 @@ import sys
 
 import transformers
 
+transformers.logging.set_verbosity_error()  # not the pooler/NSP keys a masked-LM model skips
 directory = sys.argv[1]
 fill = transformers.pipeline(
     "fill-mask",
@@ -56,7 +57,7 @@ fill = transformers.pipeline(
     tokenizer=transformers.AutoTokenizer.from_pretrained(directory),
 )
 for text in (
-    "The lighthouse on Gull Point was lit for the first [MASK] each season.",
+    "The lighthouse on Gull Point was lit each season on the last [MASK] of March.",
     "The fog came in thick and [MASK], and the horn sounded until dawn.",
 ):
     guesses = ", ".join(f"{g['token_str']} ({g['score']:.2f})" for g in fill(text, top_k=5))
