@@ -388,6 +388,21 @@ def _parse_batch(serialized, max_seq_length: int, max_predictions_per_seq: int) 
     return parsed
 
 
+def shard_files(files: Sequence[str], shard: int, num_shards: int) -> list[str]:
+    """The files of input shard `shard` of `num_shards`: every num_shards-th, from `shard`.
+
+    Raises:
+        DataMismatchError: if there are fewer files than shards (a shard would be empty).
+    """
+    if len(files) < num_shards:
+        raise DataMismatchError(
+            f"the training data has {len(files)} file(s), fewer than the {num_shards} input "
+            "shards (one per worker): every worker reads its own files. Make the data as "
+            f"at least {num_shards} files (create_pretraining_data.py --output_file=a,b,...)"
+        )
+    return list(files)[shard::num_shards]
+
+
 def train_dataset(
     files: Sequence[str],
     global_batch_size: int,
@@ -396,13 +411,20 @@ def train_dataset(
     seed: int,
     shuffle_buffer: int = 1000,
     cycle_length: int = 4,
+    shard: int = 0,
+    num_shards: int = 1,
 ) -> tf.data.Dataset:
-    """The endless, shuffled training input: one element per global batch.
+    """The endless, shuffled training input: one element per global batch (or share).
 
     Files are shuffled every epoch and read `cycle_length` at a time, interleaved; the
     records are shuffled again in a seeded buffer (the data creator already shuffled
-    them within chunks). Everything is deterministic for a given seed, which is what
-    lets a resumed run see the same batches as an uninterrupted one.
+    them globally). Everything is deterministic for a given seed, which is what lets a
+    resumed run see the same batches as an uninterrupted one.
+
+    With `num_shards` > 1 this is input shard `shard`: it reads only its own files
+    (`shard_files`), with its own seed, and yields `global_batch_size` rows that are its
+    share of each global batch; several workers each read one shard, so none reads what
+    another one trains on.
 
     Returns:
         A dataset of dicts: input_ids, input_mask, segment_ids [G, S] int32,
@@ -410,7 +432,9 @@ def train_dataset(
         float32, next_sentence_labels [G] int32, example_weight [G] float32,
         with G = global_batch_size.
     """
-    files_ds = tf.data.Dataset.from_tensor_slices(list(files))
+    files = shard_files(files, shard, num_shards)
+    seed = seed + 7919 * shard  # other shards, other orders
+    files_ds = tf.data.Dataset.from_tensor_slices(files)
     files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     records = files_ds.interleave(
         tf.data.TFRecordDataset,
@@ -426,6 +450,28 @@ def train_dataset(
         deterministic=True,
     )
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def merge_shards(shard_batches: Sequence[dict], micro_batches: int) -> dict:
+    """One global batch from the shares of several input shards.
+
+    Each shard's batch holds K micro-batches of its replicas' rows, [K·R_s·B]; the global
+    batch holds, for each micro-batch k, the rows of shard 0's replicas, then shard 1's,
+    ... — the layout `replica_micro_batches` expects, with shard s feeding replicas
+    [s·R_s, (s+1)·R_s). This is how one process reproduces the batches of several
+    workers.
+    """
+    if len(shard_batches) == 1:
+        return shard_batches[0]
+    merged = {}
+    for name in shard_batches[0]:
+        parts = []
+        for batch in shard_batches:
+            value = batch[name]
+            parts.append(tf.reshape(value, [micro_batches, -1, *value.shape[1:]]))
+        joined = tf.concat(parts, axis=1)  # [K, R·B, ...]
+        merged[name] = tf.reshape(joined, [-1, *joined.shape[2:]])
+    return merged
 
 
 def _pad_to(batch: dict, global_batch_size: int) -> dict:

@@ -93,6 +93,21 @@ def define_flags() -> None:
         None,
         "Replicas, one per GPU (default: all visible GPUs); 0: one replica on the CPU.",
     )
+    flags.DEFINE_string(
+        "worker_hosts",
+        None,
+        "Several machines: every worker's host:port, comma-separated, the same list on "
+        "every host (or set TF_CONFIG instead); worker 0 is the chief.",
+    )
+    flags.DEFINE_integer(
+        "task_index", None, "Several machines: this host's index in --worker_hosts."
+    )
+    flags.DEFINE_integer(
+        "input_shards",
+        None,
+        "Input shards, each read by one worker from its own files (default: one per "
+        "worker); a single machine with --input_shards=N reproduces the batches of N workers.",
+    )
     flags.DEFINE_integer(
         "cpu_replicas",
         0,
@@ -223,7 +238,7 @@ def main(argv: Sequence[str]) -> int:
         # reading checkpoints and data (corrupt files, restore mismatches).
         training.log(f"error: {training.short_error(e)}")
         return 1
-    except training.NonFiniteLossError as e:
+    except (training.NonFiniteLossError, training.WorkerLostError) as e:
         training.log(f"error: {e}")
         return 1
     except KeyboardInterrupt:  # outside training (start-up, eval) or a second Ctrl-C

@@ -29,8 +29,10 @@ import functools
 import json
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -101,6 +103,10 @@ class TrainConfig:
     # Input
     shuffle_buffer: int = 10_000
     cycle_length: int = 4
+    # Several machines
+    worker_hosts: str | None = None
+    task_index: int | None = None
+    input_shards: int | None = None  # None: one per worker
     # Evaluation
     eval_every_n_steps: int = 0  # 0: only the final eval (--do_eval)
     eval_checkpoint: str | None = None  # a checkpoint to evaluate, or "all"
@@ -226,11 +232,34 @@ class Trainer:
         loss_scale: the fp16 loss scale (1 otherwise).
     """
 
-    def __init__(self, strategy, bert_config: modeling.BertConfig, config: TrainConfig):
+    def __init__(
+        self,
+        strategy,
+        bert_config: modeling.BertConfig,
+        config: TrainConfig,
+        devices: distribute.Devices | None = None,
+    ):
         self.strategy = strategy
         self.config = config
+        self.devices = devices or distribute.Devices(strategy, "")
+        self.num_workers = self.devices.num_workers
+        self.worker_index = self.devices.worker_index
         self.num_replicas = strategy.num_replicas_in_sync
         self.local_replicas = len(strategy.extended.worker_devices)
+        # Input shards: one per worker (each reads its own files); one process may read
+        # several to reproduce the batches of a run on several workers.
+        self.num_shards = config.input_shards or self.num_workers
+        if self.num_shards % self.num_workers or self.num_replicas % self.num_shards:
+            raise ValueError(
+                f"--input_shards={self.num_shards}: expected a multiple of the "
+                f"{self.num_workers} worker(s) that divides the {self.num_replicas} replicas"
+            )
+        shards_per_worker = self.num_shards // self.num_workers
+        self.local_shards = list(
+            range(
+                self.worker_index * shards_per_worker, (self.worker_index + 1) * shards_per_worker
+            )
+        )
         self.accumulation = config.gradient_accumulation_steps
         self.use_loss_scale = config.precision == "fp16"
         self.xla = config.xla
@@ -265,6 +294,11 @@ class Trainer:
             initial_scale = INITIAL_LOSS_SCALE if self.use_loss_scale else 1.0
             self.loss_scale = counter("loss_scale", tf.float32, initial_scale)
             self.good_steps = counter("good_steps")  # finite steps since the scale changed
+        # The input positions of every shard, gathered before each save so that the
+        # chief's checkpoint holds them all (a plain local variable on every worker).
+        self.data_states = tf.Variable(
+            [b""] * self.num_shards, dtype=tf.string, trainable=False, name="data_states"
+        )
         self.schedule = optimization.WarmupPolynomialDecay(
             peak_learning_rate=config.learning_rate,
             num_warmup_steps=config.num_warmup_steps,
@@ -295,6 +329,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "loss_scale": self.loss_scale,
             "good_steps": self.good_steps,
+            "data_states": self.data_states,
         }
 
     # -- the replica's work ----------------------------------------------------------
@@ -376,6 +411,15 @@ class Trainer:
         context = tf.distribute.get_replica_context()
         replica_id = int(tf.get_static_value(context.replica_id_in_sync_group))
         local_index = replica_id % self.local_replicas
+        if self.num_workers > 1:
+            # Each worker holds only its share of the global batch: count globally.
+            mlm_count, nsp_count = context.all_reduce(
+                "sum",
+                [
+                    tf.reduce_sum(batch["masked_lm_weights"]),
+                    tf.reduce_sum(batch[input_pipeline.EXAMPLE_WEIGHT]),
+                ],
+            )
         grads, sums = self._gradients(batch, mlm_count, nsp_count, loss_scale, step, replica_id)
         if self.num_replicas > 1:
             # The gradient of the global loss is the sum of every replica's share; the
@@ -396,11 +440,15 @@ class Trainer:
 
     # -- the cross-replica step -------------------------------------------------------
 
-    def _distribute(self, global_batch: dict, micro_batches: int):
-        """Hands every replica its rows of a global batch, as [K, B, ...] features."""
+    def _distribute(self, local_batch: dict, micro_batches: int):
+        """Hands every local replica its rows of this worker's batch, as [K, B, ...]."""
+        first = self.worker_index * self.local_replicas
         return self.strategy.experimental_distribute_values_from_function(
             lambda ctx: input_pipeline.replica_micro_batches(
-                global_batch, ctx.replica_id_in_sync_group, self.num_replicas, micro_batches
+                local_batch,
+                ctx.replica_id_in_sync_group - first,
+                self.local_replicas,
+                micro_batches,
             )
         )
 
@@ -408,8 +456,10 @@ class Trainer:
         """The first local replica's copy of a value every replica holds identically."""
         return self.strategy.experimental_local_results(value)[0]
 
-    def _train_step(self, iterator) -> dict:
-        global_batch = next(iterator)
+    def _train_step(self, iterators) -> dict:
+        global_batch = input_pipeline.merge_shards(
+            [next(iterator) for iterator in iterators], self.accumulation
+        )  # this worker's rows of the global batch (all of it on one machine)
         mlm_count = tf.reduce_sum(global_batch["masked_lm_weights"])
         nsp_count = tf.reduce_sum(global_batch[input_pipeline.EXAMPLE_WEIGHT])
         batch = self._distribute(global_batch, self.accumulation)
@@ -460,11 +510,12 @@ class Trainer:
         return metrics
 
     @tf.function
-    def train_steps(self, iterator, num_steps) -> dict:
-        """Runs `num_steps` optimizer steps on the next global batches of `iterator`.
+    def train_steps(self, iterators, num_steps) -> dict:
+        """Runs `num_steps` optimizer steps on the next global batches of `iterators`.
 
         Args:
-            iterator: a plain iterator of global batches (K·R·B rows each).
+            iterators: plain iterators of this worker's input shards (one on one machine,
+                yielding global batches of K·R·B rows; see `input_pipeline.merge_shards`).
             num_steps: int32/int64 scalar tensor (a tensor, so that every loop length
                 shares one trace).
 
@@ -478,14 +529,50 @@ class Trainer:
         totals.update(applied_steps=0.0, skipped_steps=0.0, nonfinite_steps=0.0)
         last = {"learning_rate": tf.constant(0.0), "loss_scale": tf.constant(0.0)}
         for _ in tf.range(num_steps):
-            metrics = self._train_step(iterator)
+            metrics = self._train_step(iterators)
             totals = {name: totals[name] + metrics[name] for name in totals}
             last = {name: metrics[name] for name in last}
         return dict(totals, **last)
 
-    def train_step(self, iterator) -> dict:
-        """One optimizer step; see `train_steps`."""
-        return self.train_steps(iterator, tf.constant(1, tf.int64))
+    def train_step(self, iterators) -> dict:
+        """One optimizer step; see `train_steps` (one iterator may be passed bare)."""
+        if not isinstance(iterators, (list, tuple)):
+            iterators = [iterators]
+        return self.train_steps(list(iterators), tf.constant(1, tf.int64))
+
+    def datasets(self, files: Sequence[str]) -> list[tf.data.Dataset]:
+        """The training input of this worker's shards."""
+        rows = self.config.batch_size * (self.num_replicas // self.num_shards)
+        return [
+            input_pipeline.train_dataset(
+                files,
+                rows * self.accumulation,
+                self.config.max_seq_length,
+                self.config.max_predictions_per_seq,
+                seed=self.config.seed,
+                shuffle_buffer=self.config.shuffle_buffer,
+                cycle_length=self.config.cycle_length,
+                shard=shard,
+                num_shards=self.num_shards,
+            )
+            for shard in self.local_shards
+        ]
+
+    def record_data_states(self, iterators) -> None:
+        """Gathers every shard's input position into `data_states` (before a save)."""
+        local = [distribute.iterator_state(iterator) for iterator in iterators]
+        if self.num_workers == 1:
+            states = local
+        else:
+            packed = distribute.gather_bytes(self.devices, _pack(local))
+            states = [state for worker in packed for state in _unpack(worker)]
+        self.data_states.assign(states)
+
+    def restore_data_states(self, iterators) -> None:
+        """Moves this worker's iterators to the positions in `data_states` (after a restore)."""
+        states = self.data_states.numpy()
+        for iterator, shard in zip(iterators, self.local_shards):
+            distribute.restore_iterator_state(iterator, bytes(states[shard]))
 
     # -- evaluation ----------------------------------------------------------------
 
@@ -495,6 +582,9 @@ class Trainer:
 
     @tf.function
     def eval_step(self, global_batch: dict) -> dict:
+        if self.num_workers > 1:
+            # Only the chief evaluates, on its first device: no collective to wait for.
+            return self._eval_replica({name: v[tf.newaxis] for name, v in global_batch.items()})
         batch = self._distribute(global_batch, 1)
         sums = self.strategy.run(self._eval_replica, args=(batch,))
         return {name: self.strategy.reduce("sum", v, axis=None) for name, v in sums.items()}
@@ -509,9 +599,10 @@ class Trainer:
             and masked_lm_most_frequent_accuracy (the accuracy of always predicting
             the most frequent masked token: the floor to beat).
         """
+        replicas = self.num_replicas if self.num_workers == 1 else 1
         dataset = input_pipeline.eval_dataset(
             files,
-            self.config.eval_batch_size * self.num_replicas,
+            self.config.eval_batch_size * replicas,
             self.config.max_seq_length,
             self.config.max_predictions_per_seq,
         )
@@ -539,6 +630,20 @@ class Trainer:
         results["masked_lm_most_frequent_accuracy"] = target_counts.max() / totals["mlm_count"]
         results["eval_steps"] = steps
         return results
+
+
+def _pack(parts: Sequence[bytes]) -> bytes:
+    """Several byte strings as one (length-prefixed)."""
+    return b"".join(len(p).to_bytes(8, "little") + p for p in parts)
+
+
+def _unpack(packed: bytes) -> list[bytes]:
+    parts, offset = [], 0
+    while offset < len(packed):
+        length = int.from_bytes(packed[offset : offset + 8], "little")
+        parts.append(packed[offset + 8 : offset + 8 + length])
+        offset += 8 + length
+    return parts
 
 
 def summarize(totals: dict) -> dict:
@@ -808,13 +913,18 @@ def _log_files(kind: str, files) -> None:
     )
 
 
-def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict:
+def train_and_evaluate(
+    config: TrainConfig,
+    strategy: tf.distribute.Strategy | None = None,
+    devices: distribute.Devices | None = None,
+) -> dict:
     """Trains (if config.do_train) and evaluates (if config.do_eval).
 
     Args:
         config: the run's settings.
-        strategy: the distribution strategy (default: from config.num_gpus /
-            config.cpu_replicas via `distribute.make_strategy`).
+        strategy: a one-machine distribution strategy to use (tests); default: from the
+            device and cluster flags via `distribute.make_strategy`.
+        devices: the strategy with its cluster facts (takes precedence over `strategy`).
 
     Returns:
         dict with "train" (the last logged training metrics; empty if the checkpoint
@@ -825,20 +935,29 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
 
     Raises:
         NonFiniteLossError: after --max_nonfinite_steps consecutive non-finite steps.
+        WorkerLostError: when another worker of the cluster stopped answering.
     """
     bert_config = checkpoints.load_bert_config(config.bert_config_file)
     train_files, eval_files, held_out, config = _data_files(config, bert_config)
-    if strategy is None:
-        devices = distribute.make_strategy(config.num_gpus, config.cpu_replicas)
-        strategy, device_description = devices.strategy, devices.description
-    else:
-        device_description = f"{strategy.num_replicas_in_sync} replica(s): " + ", ".join(
-            strategy.extended.worker_devices
+    if devices is None and strategy is None:
+        devices = distribute.make_strategy(
+            config.num_gpus, config.cpu_replicas, config.worker_hosts, config.task_index
         )
+    elif devices is None:
+        devices = distribute.Devices(
+            strategy,
+            f"{strategy.num_replicas_in_sync} replica(s): "
+            + ", ".join(strategy.extended.worker_devices),
+        )
+    strategy = devices.strategy
     num_replicas = strategy.num_replicas_in_sync
     global_batch_size = config.batch_size * num_replicas * config.gradient_accumulation_steps
+    if train_files and devices.num_workers > 1:
+        input_pipeline.shard_files([f.path for f in train_files], 0, devices.num_workers)
 
     latest = tf.train.latest_checkpoint(config.output_dir)
+    if devices.num_workers > 1:
+        _check_workers_see_one_run(devices, latest, config.output_dir)
     init_source = None
     if config.init_checkpoint and latest and config.do_train:
         log(f"--init_checkpoint ignored: {config.output_dir} holds checkpoints to resume from")
@@ -847,6 +966,8 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
     eval_sources = _eval_sources(config, latest, init_source)
     run_facts = {
         "num_replicas": num_replicas,
+        "num_workers": devices.num_workers,
+        "input_shards": config.input_shards or devices.num_workers,
         "global_batch_size": global_batch_size,
         "train_files": [_absolute(f.path) for f in train_files],
         "train_file_identity": [[_absolute(f.path), f.size, f.fingerprint] for f in train_files],
@@ -858,10 +979,11 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
             saved = json.load(f)
         _check_resume(config, run_facts, saved)
 
-    tf.io.gfile.makedirs(config.output_dir)
-    trainer = Trainer(strategy, bert_config, config)
+    if devices.is_chief:
+        tf.io.gfile.makedirs(config.output_dir)
+    trainer = Trainer(strategy, bert_config, config, devices)
     num_parameters = sum(int(np.prod(v.shape)) for v in trainer.variables)
-    log(f"TensorFlow {tf.__version__}; {device_description}")
+    log(f"TensorFlow {tf.__version__}; {devices.description}")
     if saved and saved.get("num_replicas") != num_replicas:
         log(
             f"resuming with {num_replicas} replica(s); the run used {saved['num_replicas']} "
@@ -878,17 +1000,24 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
             if config.gradient_accumulation_steps > 1
             else ""
         )
+        workers = (
+            f" ({devices.num_workers} workers × {num_replicas // devices.num_workers})"
+            if devices.num_workers > 1
+            else ""
+        )
         decay = "linear" if config.poly_power == 1 else f"polynomial (power {config.poly_power:g})"
         log(
-            f"batch: {config.batch_size} per replica × {num_replicas} replica(s){accumulation}"
-            f" = {global_batch_size} global per optimizer step; {config.num_train_steps:,} "
-            f"steps ({config.num_warmup_steps:,} warm-up, then {decay} decay), peak learning "
-            f"rate {config.learning_rate:g}"
+            f"batch: {config.batch_size} per replica × {num_replicas} replica(s){workers}"
+            f"{accumulation} = {global_batch_size} global per optimizer step; "
+            f"{config.num_train_steps:,} steps ({config.num_warmup_steps:,} warm-up, then "
+            f"{decay} decay), peak learning rate {config.learning_rate:g}"
         )
-    if eval_files:
+    if eval_files and devices.is_chief:
+        eval_replicas = num_replicas if devices.num_workers == 1 else 1
         log(
-            f"eval batch: {config.eval_batch_size} per replica × {num_replicas} replica(s) = "
-            f"{config.eval_batch_size * num_replicas} global"
+            f"eval batch: {config.eval_batch_size} per replica × {eval_replicas} replica(s) = "
+            f"{config.eval_batch_size * eval_replicas} global"
+            + (" (the chief evaluates alone)" if devices.num_workers > 1 else "")
             + (f"; every {config.eval_every_n_steps} steps" if config.eval_every_n_steps else "")
         )
     log(
@@ -902,9 +1031,14 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
         if files:
             _log_files(kind, files)
 
-    evaluator = Evaluator(trainer, config, eval_files, held_out) if eval_files else None
+    evaluator = None
+    if eval_files and devices.is_chief:
+        evaluator = Evaluator(trainer, config, eval_files, held_out)
     results: dict = {"evals": []}
     if eval_sources is not None:  # evaluation only
+        if evaluator is None:
+            log("evaluation is the chief's (worker 0's) work: nothing to do here")
+            return results
         for source in eval_sources:
             _restore_for_eval(trainer, source, bert_config)
             results["evals"].append(evaluator.run(source.path))
@@ -919,8 +1053,12 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
             results["stopped_by_signal"] = stopped_by
         if config.do_eval and stopped_by is not None:
             log("final eval skipped: training was stopped (the same command resumes it)")
-        elif config.do_eval and not (
-            evaluator.done and evaluator.done[-1]["global_step"] == int(trainer.step.numpy())
+        elif (
+            config.do_eval
+            and evaluator is not None
+            and not (
+                evaluator.done and evaluator.done[-1]["global_step"] == int(trainer.step.numpy())
+            )
         ):
             results["evals"].append(evaluator.run(tf.train.latest_checkpoint(config.output_dir)))
     if results["evals"]:
@@ -928,6 +1066,23 @@ def train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy | N
     if evaluator is not None:
         evaluator.log_best()
     return results
+
+
+class WorkerLostError(RuntimeError):
+    """Another worker of the cluster stopped answering."""
+
+
+def _check_workers_see_one_run(devices: distribute.Devices, latest: str | None, output_dir: str):
+    """Every worker must resume from the same checkpoint: the output dir must be shared."""
+    step = int(re.search(r"(\d+)$", latest).group(1)) if latest else -1
+    low, high = distribute.agree_on_min(devices, step), distribute.agree_on_max(devices, step)
+    if low != high:
+        raise ValueError(
+            f"the workers do not see the same checkpoints in --output_dir={output_dir} (newest "
+            f"step {low} on one, {high} on another; -1: none): every worker restores from the "
+            "chief's checkpoints, so --output_dir must be one directory every worker reads "
+            "(a shared filesystem or a bucket path)"
+        )
 
 
 def _eval_sources(config: TrainConfig, latest: str | None, init_source):
@@ -967,7 +1122,8 @@ def _all_checkpoints(directory: str) -> list[str]:
 
 def _restore_for_eval(trainer: Trainer, source, bert_config) -> None:
     """Loads the weights (and, for this tool's checkpoints, the step) to evaluate."""
-    report = checkpoints.restore_initial_weights(trainer.model, source, bert_config)
+    with trainer.strategy.scope():
+        report = checkpoints.restore_initial_weights(trainer.model, source, bert_config)
     step = 0
     if source.kind == "bert-gpu":
         reader = tf.train.load_checkpoint(source.path)
@@ -1061,36 +1217,49 @@ def _train(
     evaluator, bert_config,
 ):  # fmt: skip
     """Restores or initializes, then trains. Returns (last logged metrics, signal or None)."""
-    dataset = input_pipeline.train_dataset(
-        [f.path for f in files],
-        run_facts["global_batch_size"],
-        config.max_seq_length,
-        config.max_predictions_per_seq,
-        seed=config.seed,
-        shuffle_buffer=config.shuffle_buffer,
-        cycle_length=config.cycle_length,
-    )
-    iterator = iter(dataset)
-    checkpoint = tf.train.Checkpoint(data=iterator, **trainer.checkpoint_objects())
-    manager = tf.train.CheckpointManager(
-        checkpoint,
-        config.output_dir,
-        max_to_keep=config.keep_checkpoint_max,
-        checkpoint_name="model.ckpt",
-        step_counter=trainer.step,
-    )
+    iterators = [iter(dataset) for dataset in trainer.datasets([f.path for f in files])]
+    checkpoint = tf.train.Checkpoint(**trainer.checkpoint_objects())
+    # Every worker saves (the strategy's variables take part in it); only the chief's
+    # checkpoints land in --output_dir, the others' go to a temporary directory.
+    directory = config.output_dir
+    if not trainer.devices.is_chief:
+        directory = tempfile.mkdtemp(prefix=f"bert-gpu-worker{trainer.worker_index}-")
+    try:
+        manager = tf.train.CheckpointManager(
+            checkpoint,
+            directory,
+            max_to_keep=config.keep_checkpoint_max if trainer.devices.is_chief else 1,
+            checkpoint_name="model.ckpt",
+            step_counter=trainer.step,
+        )
+        return _restore_and_train(
+            trainer, config, files, init_source, run_facts, saved_config, evaluator,
+            bert_config, checkpoint, manager, iterators,
+        )  # fmt: skip
+    finally:
+        if directory != config.output_dir:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _restore_and_train(
+    trainer: Trainer, config: TrainConfig, files, init_source, run_facts, saved_config,
+    evaluator, bert_config, checkpoint, manager, iterators,
+):  # fmt: skip
     run_config = os.path.join(config.output_dir, "bert_config.json")
-    if manager.latest_checkpoint:
+    latest = tf.train.latest_checkpoint(config.output_dir)
+    if latest:
         _restore(
             checkpoint,
-            manager.latest_checkpoint,
+            latest,
             "the checkpoint",
             partial=False,
             hint=f"resume with --bert_config_file={run_config}, the config it was made with",
         )
-        log(f"resumed from {manager.latest_checkpoint} at step {int(trainer.step.numpy())}")
+        trainer.restore_data_states(iterators)
+        log(f"resumed from {latest} at step {int(trainer.step.numpy())}")
     elif init_source is not None:
-        report = checkpoints.restore_initial_weights(trainer.model, init_source, bert_config)
+        with trainer.strategy.scope():
+            report = checkpoints.restore_initial_weights(trainer.model, init_source, bert_config)
         for line in report.log_lines():
             log(line)
     step, total = int(trainer.step.numpy()), config.num_train_steps
@@ -1103,14 +1272,15 @@ def _train(
     if step == total:
         log(f"already at step {step} of {total}: nothing to train")
         return {}, None
-    facts = dict(dataclasses.asdict(config), **run_facts)
-    _write_atomically(saved_config, json.dumps(facts, indent=2, sort_keys=True) + "\n")
-    _copy_bert_config(config.bert_config_file, run_config, trainer.model.config)
-    vocab_file = _data_vocab_file(files)
-    if vocab_file:
-        _copy_file(vocab_file, os.path.join(config.output_dir, "vocab.txt"))
+    if trainer.devices.is_chief:
+        facts = dict(dataclasses.asdict(config), **run_facts)
+        _write_atomically(saved_config, json.dumps(facts, indent=2, sort_keys=True) + "\n")
+        _copy_bert_config(config.bert_config_file, run_config, trainer.model.config)
+        vocab_file = _data_vocab_file(files)
+        if vocab_file:
+            _copy_file(vocab_file, os.path.join(config.output_dir, "vocab.txt"))
     return _train_loop(
-        trainer, iterator, manager, config, run_facts["global_batch_size"], evaluator
+        trainer, iterators, manager, config, run_facts["global_batch_size"], evaluator
     )
 
 
@@ -1142,10 +1312,14 @@ def next_boundary(step: int, config: TrainConfig) -> int:
     return min(candidates)
 
 
-def _save(manager, step: int, config: TrainConfig) -> str:
+def _save(trainer: Trainer, manager, iterators, step: int, config: TrainConfig) -> str:
+    """Records the input positions and saves a checkpoint (every worker takes part)."""
     try:
+        trainer.record_data_states(iterators)
         path = manager.save(checkpoint_number=step)
     except (tf.errors.OpError, OSError) as e:
+        if isinstance(e, tf.errors.OpError) and _is_lost_worker(e):
+            raise
         message = e.message if isinstance(e, tf.errors.OpError) else str(e)
         raise OSError(
             f"cannot write the checkpoint of step {step} to {config.output_dir}: "
@@ -1153,8 +1327,25 @@ def _save(manager, step: int, config: TrainConfig) -> str:
             f"{tf.train.latest_checkpoint(config.output_dir)} (free space or permissions, "
             "then run the same command to resume)"
         ) from e
-    log(f"saved checkpoint {path}")
+    if trainer.devices.is_chief:
+        log(f"saved checkpoint {path}")
     return path
+
+
+def _is_lost_worker(error: tf.errors.OpError) -> bool:
+    return isinstance(
+        error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
+    )
+
+
+def _lost_worker_error(error: tf.errors.OpError, trainer: Trainer) -> WorkerLostError:
+    who = distribute.worker_of_error(error.message, trainer.devices) or "another worker"
+    return WorkerLostError(
+        f"{who} stopped answering ({_last_line(error.message)[:300]}); this worker "
+        f"({trainer.devices.worker_name(trainer.worker_index)}) stops too. The newest "
+        "complete checkpoint is in --output_dir: start every worker again with the same "
+        "command to resume"
+    )
 
 
 def _last_line(message: str) -> str:
@@ -1174,9 +1365,12 @@ def _read_error(error: tf.errors.OpError, files) -> ValueError:
 
 
 def _train_loop(
-    trainer: Trainer, iterator, manager, config: TrainConfig, global_batch_size: int, evaluator
+    trainer: Trainer, iterators, manager, config: TrainConfig, global_batch_size: int, evaluator
 ) -> tuple[dict, int | None]:
     """The plain loop: steps → (log) → (checkpoint) → (eval), until the end or a signal.
+
+    On several workers, a signal received by any of them stops all of them after the
+    same step, each taking part in one last checkpoint.
 
     Returns:
         (the last logged metrics, the number of the signal that stopped training or None).
@@ -1184,8 +1378,13 @@ def _train_loop(
     Raises:
         NonFiniteLossError: after --max_nonfinite_steps consecutive non-finite steps;
             nothing is saved (the newest checkpoint is the last good state).
+        WorkerLostError: when another worker stops answering.
     """
-    writer = tf.summary.create_file_writer(config.output_dir)
+    chief = trainer.devices.is_chief
+    if chief:
+        writer = tf.summary.create_file_writer(config.output_dir)
+    else:
+        writer = tf.summary.create_noop_writer()
     step = first = int(trainer.step.numpy())
     total = config.num_train_steps
     log(f"training steps {step} → {total}; checkpoints every {config.save_checkpoints_steps}")
@@ -1194,15 +1393,22 @@ def _train_loop(
     last_step = step
     last_logged: dict = {}
     files = input_pipeline.expand_record_files(config.input_file)
+    stopped_by = None
     with _StopRequested() as stop, writer.as_default():
-        while step < total and stop.signal is None:
+        while step < total and stopped_by is None:
             # The first call traces and compiles: one step only, timed on its own.
             end = step + 1 if step == first else next_boundary(step, config)
             try:
-                metrics = trainer.train_steps(iterator, tf.constant(end - step, tf.int64))
+                metrics = trainer.train_steps(iterators, tf.constant(end - step, tf.int64))
                 metrics = {name: float(value) for name, value in metrics.items()}  # waits
+                # Every worker stops after the same step if any of them was signalled.
+                stopped_by = distribute.agree_on_max(trainer.devices, stop.signal or 0) or None
             except tf.errors.DataLossError as e:
                 raise _read_error(e, files) from e
+            except tf.errors.OpError as e:
+                if trainer.num_workers > 1 and _is_lost_worker(e):
+                    raise _lost_worker_error(e, trainer) from e
+                raise
             pending.append(metrics)
             step = end
             if metrics["skipped_steps"]:
@@ -1221,7 +1427,7 @@ def _train_loop(
                 now = time.time()
                 log(f"first step took {now - last_time:.1f} s (tracing and compiling included)")
                 last_time, last_step = now, step
-            if step % config.log_every_n_steps == 0 or step == total or stop.signal:
+            if step % config.log_every_n_steps == 0 or step == total or stopped_by:
                 now = time.time()
                 steps_per_sec = (
                     (step - last_step) / max(now - last_time, 1e-9) if step > last_step else None
@@ -1231,26 +1437,23 @@ def _train_loop(
                 )
                 pending, last_time, last_step = [], now, step
             evaluate_now = (
-                evaluator is not None
-                and config.eval_every_n_steps
+                config.eval_every_n_steps
                 and step % config.eval_every_n_steps == 0
                 and not (step == total and config.do_eval)  # the final eval comes next
-                and not stop.signal
+                and not stopped_by
             )
-            if (
-                step % config.save_checkpoints_steps == 0
-                or step == total
-                or stop.signal
-                or evaluate_now
-            ):
-                path = _save(manager, step, config)
-                if evaluate_now:
-                    with tf.summary.record_if(False):
-                        evaluator.run(path)
-                    last_time = time.time()  # the rate is of training, not of eval
+            if step % config.save_checkpoints_steps == 0 or step == total or stopped_by:
+                path = _save(trainer, manager, iterators, step, config)
+            elif evaluate_now:  # evaluations are of saved checkpoints
+                path = _save(trainer, manager, iterators, step, config)
+            if evaluate_now and evaluator is not None:
+                with tf.summary.record_if(False):
+                    evaluator.run(os.path.join(config.output_dir, os.path.basename(path)))
+                last_time = time.time()  # the rate is of training, not of eval
         writer.flush()
-    if stop.signal is not None:
-        log(f"stopped by signal {stop.signal} at step {step}; run the same command to resume")
+    if stopped_by is not None:
+        by = "" if stop.signal else " (received by another worker)"
+        log(f"stopped by signal {stopped_by}{by} at step {step}; run the same command to resume")
     elapsed = time.time() - start_time
     trained = step - first
     final_loss = f"{last_logged['loss']:.4f}" if last_logged else "-"
@@ -1258,12 +1461,13 @@ def _train_loop(
         f"trained steps {first} → {step} ({trained:,} steps, {trained * global_batch_size:,} "
         f"examples) in {format_duration(elapsed)}; final train loss {final_loss}"
     )
-    log(
-        f"checkpoints: {config.output_dir}/model.ckpt-* (newest "
-        f"{tf.train.latest_checkpoint(config.output_dir)}); TensorBoard: tensorboard "
-        f"--logdir={config.output_dir}"
-    )
-    return last_logged, stop.signal
+    if chief:
+        log(
+            f"checkpoints: {config.output_dir}/model.ckpt-* (newest "
+            f"{tf.train.latest_checkpoint(config.output_dir)}); TensorBoard: tensorboard "
+            f"--logdir={config.output_dir}"
+        )
+    return last_logged, stopped_by
 
 
 def _log_skipped(trainer: Trainer, metrics: dict, step: int) -> None:
