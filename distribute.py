@@ -189,9 +189,19 @@ def make_strategy(
             "task": {"type": "worker", "index": cluster["index"]},
         }
     )
-    local, description = _local_devices(None if num_gpus is None else num_gpus, cpu_replicas)
-    if cpu_replicas > 1:
+    # Nothing may initialise TensorFlow's runtime before the strategy configures its
+    # collectives: only configure devices here, list none.
+    if cpu_replicas:
+        (cpu,) = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas
+        )
         _use_logical_cpus(cpu_replicas)
+        description = f"{cpu_replicas} replica(s) on logical CPU devices"
+    elif tf.config.list_physical_devices("GPU"):
+        description = "one replica per GPU"
+    else:
+        description = "1 replica on the CPU (no GPU is visible)"
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     workers = len(cluster["workers"])
     replicas = strategy.num_replicas_in_sync
@@ -226,15 +236,47 @@ def _use_logical_cpus(count: int) -> None:
 # What workers agree on between steps
 
 
+_GATHER_FUNCTIONS: dict[int, tf.types.experimental.GenericFunction] = {}
+
+
+def _gather_from_workers(devices: Devices, row: np.ndarray) -> np.ndarray:
+    """Every worker's `row` (int32 [n], the same n everywhere), as [workers, n].
+
+    Each worker puts its row in its own slot of a [workers, n] matrix of zeros and the
+    matrices are summed across replicas (the first replica of each worker contributes,
+    the others add zeros): an exact all-gather with the all-reduce that training uses.
+    It runs in one `tf.function` kept per strategy (a new one per call would be traced
+    again every time).
+    """
+    strategy = devices.strategy
+    key = id(strategy)
+    if key not in _GATHER_FUNCTIONS:
+        local_replicas = len(strategy.extended.worker_devices)
+
+        @tf.function(reduce_retracing=True)
+        def summed(slots):
+            def replica(slots):
+                ctx = tf.distribute.get_replica_context()
+                first = ctx.replica_id_in_sync_group % local_replicas == 0
+                # tf.where makes the value here, on this replica's device: an all-reduce
+                # of a tensor from outside the replica has no device to reduce to.
+                local = tf.where(first, slots, tf.zeros_like(slots))
+                return ctx.all_reduce("sum", local)
+
+            return strategy.run(replica, args=(slots,))
+
+        _GATHER_FUNCTIONS[key] = summed
+    slots = np.zeros((devices.num_workers, len(row)), np.int32)
+    slots[devices.worker_index] = row
+    result = _GATHER_FUNCTIONS[key](tf.constant(slots))
+    return strategy.experimental_local_results(result)[0].numpy()
+
+
 def agree_on_max(devices: Devices, value: int) -> int:
-    """The largest of every worker's `value` (each worker passes its own)."""
+    """The largest of every worker's `value` (each worker passes its own int32)."""
     if devices.num_workers == 1:
         return value
-    strategy = devices.strategy
-    per_replica = strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.constant(value, tf.int64)
-    )
-    return int(strategy.reduce("max", per_replica, axis=None))
+    return int(_gather_from_workers(devices, np.array([value], np.int32)).max())
 
 
 def agree_on_min(devices: Devices, value: int) -> int:
@@ -290,24 +332,7 @@ def gather_bytes(devices: Devices, local: bytes) -> list[bytes]:
     """Every worker's `local` bytes, in worker order, on every worker (an all-gather)."""
     if devices.num_workers == 1:
         return [local]
-    strategy = devices.strategy
-    local_replicas = len(strategy.extended.worker_devices)
-    length = agree_on_max(devices, len(local))
-    words = -(-length // 4)
+    words = -(-agree_on_max(devices, len(local)) // 4)
     padded = np.frombuffer(local.ljust(words * 4, b"\0"), dtype=np.int32)
-
-    def value(ctx):
-        # The first replica of each worker carries its bytes and their length.
-        first = ctx.replica_id_in_sync_group % local_replicas == 0
-        data = padded if first else np.zeros(words, np.int32)
-        size = len(local) if first else -1
-        return tf.concat([tf.constant([size], tf.int32), tf.constant(data)], 0)[tf.newaxis]
-
-    gathered = strategy.gather(
-        strategy.experimental_distribute_values_from_function(value), axis=0
-    ).numpy()  # [replicas, 1 + words]
-    result = []
-    for row in gathered:
-        if row[0] >= 0:
-            result.append(row[1:].tobytes()[: row[0]])
-    return result
+    rows = _gather_from_workers(devices, np.concatenate([[len(local)], padded]))
+    return [row[1:].tobytes()[: row[0]] for row in rows]

@@ -249,10 +249,13 @@ class Trainer:
         # Input shards: one per worker (each reads its own files); one process may read
         # several to reproduce the batches of a run on several workers.
         self.num_shards = config.input_shards or self.num_workers
-        if self.num_shards % self.num_workers or self.num_replicas % self.num_shards:
+        if self.num_shards % self.num_workers or (
+            self.num_replicas * config.batch_size % self.num_shards
+        ):
             raise ValueError(
                 f"--input_shards={self.num_shards}: expected a multiple of the "
-                f"{self.num_workers} worker(s) that divides the {self.num_replicas} replicas"
+                f"{self.num_workers} worker(s) that divides the {self.num_replicas} "
+                f"replica(s) × {config.batch_size} examples of a micro-batch"
             )
         shards_per_worker = self.num_shards // self.num_workers
         self.local_shards = list(
@@ -542,7 +545,7 @@ class Trainer:
 
     def datasets(self, files: Sequence[str]) -> list[tf.data.Dataset]:
         """The training input of this worker's shards."""
-        rows = self.config.batch_size * (self.num_replicas // self.num_shards)
+        rows = self.config.batch_size * self.num_replicas // self.num_shards
         return [
             input_pipeline.train_dataset(
                 files,
