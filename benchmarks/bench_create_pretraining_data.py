@@ -12,17 +12,21 @@ like on a shared machine. Prints markdown rows for BENCHMARKS.md.
     python benchmarks/bench_create_pretraining_data.py --vocab_file=VOCAB \
         --original_dir=build/original_bert [--repeats=3] [--quick]
 
-Every configuration runs --repeats times; the table gives the median time and the
-largest peak RSS, and "vs original" is the median of the per-repeat ratios of
-instances/s to the original's on the same corpus in the same repeat. Both tools get
---dupe_factor=5 --max_seq_length=128 and otherwise their defaults. A last table compares
-record statistics of the two outputs of the 1 MB corpus.
+Every configuration runs --repeats times; the table gives the median wall time, the
+median CPU time of the process tree (user + system, workers included: on a machine
+shared with other jobs it varies far less than wall time) and the largest peak RSS.
+"vs original" is the median (and range) of the per-repeat ratios to the original's
+instances/s (or instances per CPU-second) on the same corpus in the same repeat. Both
+tools get --dupe_factor=5 --max_seq_length=128 and otherwise their defaults. The run
+stops if our output differs between 1 and 2 workers. A last table compares record
+statistics of the two outputs of the 1 MB corpus.
 """
 
 import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,8 +54,20 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def run(command: list[str]) -> tuple[float, int, str]:
-    """Runs a command; returns (seconds, peak tree RSS in bytes, stderr)."""
+def children_cpu_seconds() -> float:
+    """User + system time of this process's finished children and their descendants."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(command: list[str]) -> tuple[float, int, str, float]:
+    """Runs a command; returns (seconds, peak tree RSS in bytes, stderr, CPU seconds).
+
+    The CPU seconds are those of the whole process tree (workers are waited for by
+    their parent, so their time is included): unlike wall time, they hardly depend on
+    what else runs on the machine.
+    """
+    cpu = children_cpu_seconds()
     start = time.time()
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
@@ -69,7 +85,7 @@ def run(command: list[str]) -> tuple[float, int, str]:
     text = "".join(err)
     if process.returncode:
         sys.exit(f"failed: {' '.join(command)}\n{text[-3000:]}")
-    return elapsed, peak, text
+    return elapsed, peak, text, children_cpu_seconds() - cpu
 
 
 def make_corpus(copies: float, path: str) -> str:
@@ -82,31 +98,31 @@ def make_corpus(copies: float, path: str) -> str:
     return path
 
 
-def ours(corpus: str, out: str, vocab: str, workers: int) -> tuple[float, int, int]:
-    """(seconds, peak RSS, instances) of one run of ours."""
+def ours(corpus: str, out: str, vocab: str, workers: int) -> tuple[float, int, int, float]:
+    """(seconds, peak RSS, instances, CPU seconds) of one run of ours."""
     command = [
         sys.executable, os.path.join(ROOT, "create_pretraining_data.py"),
         f"--input_file={corpus}", f"--output_file={out}", f"--vocab_file={vocab}",
         f"--num_workers={workers}", *FLAGS,
     ]  # fmt: skip
-    seconds, peak, _ = run(command)
+    seconds, peak, _, cpu = run(command)
     with open(out + ".json") as f:
-        return seconds, peak, json.load(f)["total_instances"]
+        return seconds, peak, json.load(f)["total_instances"], cpu
 
 
-def original(corpus: str, out: str, vocab: str, original_dir: str) -> tuple[float, int, int]:
-    """(seconds, peak RSS, instances) of one run of the original release."""
+def original(corpus: str, out: str, vocab: str, original_dir: str) -> tuple[float, int, int, float]:
+    """(seconds, peak RSS, instances, CPU seconds) of one run of the original release."""
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "run_original_create_pretraining_data.py"),
         f"--original_dir={original_dir}", "--",
         f"--input_file={corpus}", f"--output_file={out}", f"--vocab_file={vocab}",
         "--do_lower_case=True", "--random_seed=12345", *FLAGS,
     ]  # fmt: skip
-    seconds, peak, err = run(command)
+    seconds, peak, err, cpu = run(command)
     found = re.findall(r"Wrote (\d+) total instances", err)
     if not found:
         sys.exit(f"the original's output has no 'Wrote N total instances' line:\n{err[-2000:]}")
-    return seconds, peak, int(found[-1])
+    return seconds, peak, int(found[-1]), cpu
 
 
 def record_statistics(path: str) -> dict:
@@ -167,11 +183,13 @@ def main() -> None:
             else:
                 result = ours(corpus, out, args.vocab_file, workers)
             results[config].append(result)
-            seconds, peak, instances = result
+            seconds, peak, instances, cpu = result
             print(
                 json.dumps({"repeat": repeat, "tool": tool, "corpus": os.path.basename(corpus),
                             "workers": workers, "seconds": round(seconds, 2),
-                            "instances": instances, "peak_rss_mib": round(peak / 2**20)}),
+                            "cpu_seconds": round(cpu, 2), "instances": instances,
+                            "peak_rss_mib": round(peak / 2**20),
+                            "load_average": round(os.getloadavg()[0], 1)}),
                 file=sys.stderr, flush=True,
             )  # fmt: skip
 
@@ -183,22 +201,29 @@ def main() -> None:
             sys.exit(f"different output with 1 and 2 workers: {' '.join(outputs)}")
 
     print(
-        "| tool | corpus | workers | instances | seconds | instances/s | vs original | peak RSS |"
+        "| tool | corpus | workers | instances | seconds | instances/s | vs original "
+        "| CPU s | instances/CPU-s | vs original | peak RSS |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+    def ratio(runs, baseline, speed) -> str:
+        if not baseline:
+            return "—"
+        ratios = [speed(r) / speed(b) for r, b in zip(runs, baseline)]
+        return f"{statistics.median(ratios):.1f}× ({min(ratios):.1f}–{max(ratios):.1f})"
+
     for config in configs:
         tool, corpus, workers = config
         runs = results[config]
         seconds = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[3] for r in runs)
         instances = runs[0][2]
-        ratio = "—"
-        baseline = results.get(("original", corpus, 1))
-        if tool == "ours" and baseline:
-            ratios = [(r[2] / r[0]) / (b[2] / b[0]) for r, b in zip(runs, baseline)]
-            ratio = f"{statistics.median(ratios):.1f}× ({min(ratios):.1f}–{max(ratios):.1f})"
+        baseline = results.get(("original", corpus, 1)) if tool == "ours" else None
         print(
             f"| {tool} | {os.path.getsize(corpus) / 1e6:.1f} MB | {workers} | {instances:,} | "
-            f"{seconds:.1f} | {instances / seconds:,.0f} | {ratio} | "
+            f"{seconds:.1f} | {instances / seconds:,.0f} | "
+            f"{ratio(runs, baseline, lambda r: r[2] / r[0])} | {cpu:.1f} | "
+            f"{instances / cpu:,.0f} | {ratio(runs, baseline, lambda r: r[2] / r[3])} | "
             f"{max(r[1] for r in runs) / 2**20:.0f} MiB |"
         )
 
