@@ -26,8 +26,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-import checkpoints
-import modeling
+import cli
+
+cli.import_tensorflow()  # quietly, before checkpoints and modeling import it
+
+import checkpoints  # noqa: E402
+import modeling  # noqa: E402
 
 FORMATS = ("huggingface", "original", "savedmodel")
 

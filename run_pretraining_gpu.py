@@ -1,4 +1,4 @@
-"""Pretrain BERT on all the GPUs of one machine with tf.distribute.MirroredStrategy.
+r"""Pretrain BERT on all the GPUs of one machine with tf.distribute.MirroredStrategy.
 
     python run_pretraining_gpu.py --input_file='data/train*.tfrecord' --output_dir=out \
         --bert_config_file=bert_config.json --num_gpus=4 --batch_size=64 \
@@ -24,14 +24,13 @@ This file is the command line only: flags → `training.TrainConfig` →
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 from collections.abc import Sequence
 
-# TensorFlow's C++ INFO lines (oneDNN notices, CPU features) drown the training log.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+import cli
 
-import tensorflow as tf  # noqa: E402
+# TensorFlow's start-up notices (oneDNN, CPU features) would drown the training log.
+tf = cli.import_tensorflow()
 
 import optimization  # noqa: E402
 import training  # noqa: E402

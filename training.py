@@ -1450,8 +1450,7 @@ def _train_loop(
             elif evaluate_now:  # evaluations are of saved checkpoints
                 path = _save(trainer, manager, iterators, step, config)
             if evaluate_now and evaluator is not None:
-                with tf.summary.record_if(False):
-                    evaluator.run(os.path.join(config.output_dir, os.path.basename(path)))
+                evaluator.run(os.path.join(config.output_dir, os.path.basename(path)))
                 last_time = time.time()  # the rate is of training, not of eval
         writer.flush()
     if stopped_by is not None:

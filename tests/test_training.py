@@ -1,6 +1,7 @@
 """Tests of training.py: replica and accumulation equivalence, precision, XLA, resume,
 eval, the NaN guard, errors."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -717,3 +718,128 @@ def test_nan_guard_stops_training_and_keeps_the_last_good_checkpoint(workspace, 
     ]
     assert weights and all(np.isfinite(w).all() for w in weights)
     assert int(reader.get_tensor("skipped_steps/.ATTRIBUTES/VARIABLE_VALUE")) == 2
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation during training, and the data checks a researcher relies on
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_eval_during_training_keeps_every_result_and_names_the_best(workspace, tmp_path, capsys):
+    held_out = copy_data(workspace, tmp_path / "eval", "held_out.tfrecord")
+    out = tmp_path / "out"
+    config = make_config(
+        workspace, out, do_eval=True, eval_input_file=held_out, num_train_steps=6,
+        eval_every_n_steps=2, save_checkpoints_steps=3, max_eval_steps=2, learning_rate=3e-3,
+    )  # fmt: skip
+    results = training.train_and_evaluate(config, strategy=strategy_over(2))
+    # Evals at 2 and 4 during training (each after a checkpoint of its step), and the
+    # final one at 6; checkpoints also at 3 (--save_checkpoints_steps).
+    records = read_jsonl(out / "eval_results.jsonl")
+    assert [r["global_step"] for r in records] == [2, 4, 6]
+    assert [r["checkpoint"] for r in records] == [str(out / f"model.ckpt-{s}") for s in (2, 4, 6)]
+    assert all(r["held_out"] and r["eval_files"] == [held_out] for r in records)
+    assert [r["global_step"] for r in results["evals"]] == [2, 4, 6]
+    assert sorted(tf.train.get_checkpoint_state(str(out)).all_model_checkpoint_paths) == sorted(
+        str(out / f"model.ckpt-{s}") for s in (2, 3, 4, 6)
+    )
+    # eval_results.txt: the newest, in the original format.
+    newest = dict(line.split(" = ") for line in (out / "eval_results.txt").read_text().splitlines())
+    assert newest["global_step"] == "6"
+    assert float(newest["masked_lm_loss"]) == pytest.approx(records[-1]["masked_lm_loss"])
+    # TensorBoard: one eval point per step.
+    steps = sorted(
+        event.step
+        for name in os.listdir(out / "eval")
+        for event in tf.compat.v1.train.summary_iterator(str(out / "eval" / name))
+        for value in event.summary.value
+        if value.tag == "masked_lm_loss"
+    )
+    assert steps == [2, 4, 6]
+    best = min(records, key=lambda r: r["masked_lm_loss"])
+    err = capsys.readouterr().err
+    assert f"best eval so far on this eval data: step {best['global_step']}" in err
+    assert "not held out" not in err
+
+
+def test_eval_checkpoint_evaluates_any_checkpoint_without_touching_the_run(
+    workspace, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    config = make_config(workspace, out, num_train_steps=4, save_checkpoints_steps=2)
+    training.train_and_evaluate(config, strategy=strategy_over(1))
+    before = {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)}
+    capsys.readouterr()
+    # --do_eval --init_checkpoint=run/model.ckpt-2 inside the run's own directory
+    # evaluates that checkpoint (it used to evaluate the newest).
+    eval_only = dict(do_train=False, do_eval=True, max_eval_steps=1)
+    config = make_config(workspace, out, init_checkpoint=str(out / "model.ckpt-2"), **eval_only)
+    results = training.train_and_evaluate(config, strategy=strategy_over(1))
+    assert results["eval"]["global_step"] == 2
+    assert "not held out" in capsys.readouterr().err  # the default eval data: training data
+    # Every checkpoint of the run.
+    config = make_config(workspace, out, eval_checkpoint="all", **eval_only)
+    results = training.train_and_evaluate(config, strategy=strategy_over(1))
+    assert [r["global_step"] for r in results["evals"]] == [2, 4]
+    records = read_jsonl(out / "eval_results.jsonl")
+    assert [r["global_step"] for r in records] == [2, 2, 4]
+    assert all(not r["held_out"] for r in records)
+    # Weights differ between the checkpoints, so their results do too.
+    assert records[1]["masked_lm_loss"] != records[2]["masked_lm_loss"]
+    # The training state is untouched: checkpoints, train_config.json, bert_config.json.
+    after = {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)}
+    changed = {name for name in after if before.get(name) != after[name]}
+    assert changed == {"eval_results.txt", "eval_results.jsonl", "eval"}
+    with pytest.raises(ValueError, match="--eval_checkpoint evaluates existing checkpoints"):
+        make_config(workspace, out, eval_checkpoint="all")
+
+
+def test_train_and_eval_files_must_not_overlap_and_share_one_vocabulary(workspace, tmp_path):
+    data = tmp_path / "data"
+    train = copy_data(workspace, data, "train-0.tfrecord")
+    config = make_config(
+        workspace, tmp_path / "out", input_file=str(data / "*"), eval_input_file=train,
+        do_eval=True, num_train_steps=1, num_warmup_steps=0, max_eval_steps=1,
+    )  # fmt: skip
+    with pytest.raises(input_pipeline.DataMismatchError) as info:
+        training.train_and_evaluate(config, strategy=strategy_over(1))
+    assert f"share 1 file(s) ({train})" in str(info.value)
+    assert "--allow_eval_on_train_files" in str(info.value)
+    allowed = dataclasses.replace(config, allow_eval_on_train_files=True)
+    assert training.train_and_evaluate(allowed, strategy=strategy_over(1))["eval"]
+    # An eval shard made with another vocabulary (its metadata's SHA-256 differs).
+    other = copy_data(workspace, tmp_path / "other", "eval.tfrecord")
+    meta = json.loads(open(cpd.metadata_path(other)).read())
+    meta.update(vocab_sha256="0" * 64, vocab_file="/elsewhere/vocab.txt")
+    with open(cpd.metadata_path(other), "w") as f:
+        json.dump(meta, f)
+    config = dataclasses.replace(config, eval_input_file=other, output_dir=str(tmp_path / "o2"))
+    with pytest.raises(input_pipeline.DataMismatchError) as info:
+        training.train_and_evaluate(config, strategy=strategy_over(1))
+    message = str(info.value)
+    assert "different vocabularies" in message and train in message and other in message
+    assert "/elsewhere/vocab.txt" in message
+
+
+def test_resume_refuses_a_data_file_rebuilt_in_place(workspace, tmp_path):
+    data = copy_data(workspace, tmp_path / "data", "train.tfrecord")
+    out = tmp_path / "out"
+    config = make_config(workspace, out, input_file=data, num_train_steps=4)
+    with pytest.MonkeyPatch.context() as m:
+        interrupt_after(m, 2)
+        training.train_and_evaluate(config, strategy=strategy_over(1))
+    # The file is made again (another seed) under the same name.
+    options = cpd.DataOptions(
+        max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=4, random_seed=99
+    )
+    corpus = str(workspace["root"] / "corpus.txt")
+    cpd.create_pretraining_data(
+        corpus, data, cpd.TokenizerSpec(workspace["vocab"]), options, log=None
+    )
+    with pytest.raises(ValueError) as info:
+        training.train_and_evaluate(config, strategy=strategy_over(1))
+    assert f"{data} changed since the run started" in str(info.value)
+    assert "the saved input position would point into other data" in str(info.value)
