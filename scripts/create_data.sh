@@ -53,7 +53,8 @@ Environment variables (default in brackets):
   PHASE1_MAX_PREDICTIONS   masked-LM predictions per phase-1 sequence [20]
   PHASE2_SEQ_LENGTH        tokens per phase-2 sequence [512]
   PHASE2_MAX_PREDICTIONS   masked-LM predictions per phase-2 sequence [80]
-  NUM_SHARDS               training shards per phase [64]
+  NUM_SHARDS               training shards per phase; on several machines each worker
+                           reads its own, so keep it a multiple of their number [64]
   NUM_GROUPS               independent runs per phase [min(input files, NUM_SHARDS, 16)]
   DUPE_FACTOR              passes over the corpus, each with other masks and pairs [10]
   MASKED_LM_PROB           fraction of the tokens masked [0.15]

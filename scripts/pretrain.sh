@@ -106,6 +106,8 @@ Environment variables (default in brackets):
   PYTHON               interpreter [.venv/bin/python of the repository, else python3]
   TF_CONFIG            the cluster, when several machines train together (set by
                        scripts/pretrain_multinode.sh); absent: this machine alone
+  CHIEF_WAIT           seconds a worker other than 0 waits, after a phase, for the
+                       chief's checkpoint to appear in the shared OUTPUT_DIR [600]
 
 Example:
   VOCAB_FILE=vocab.txt scripts/create_data.sh corpus/ data/
@@ -129,6 +131,9 @@ for arg in "$@"; do
 done
 ((${#ARGS[@]} == 3)) || die "expected BERT_CONFIG DATA_DIR OUTPUT_DIR (see --help)"
 BERT_CONFIG=${ARGS[0]} DATA_DIR=${ARGS[1]} OUTPUT_DIR=${ARGS[2]}
+# Absolute, so that the recorded settings and the logged commands hold from any directory.
+DATA_DIR=$(realpath -s -m -- "$DATA_DIR")
+OUTPUT_DIR=$(realpath -s -m -- "$OUTPUT_DIR")
 
 # ----------------------------------------------------------------------------------------
 # Settings: the recipe's published numbers, then what the environment overrides.
@@ -203,6 +208,7 @@ LOG_EVERY=${LOG_EVERY:-100}
 STEPS_PER_LOOP=${STEPS_PER_LOOP:-100}
 SEED=${SEED:-12345}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}
+CHIEF_WAIT=${CHIEF_WAIT:-600}
 PYTHON=${PYTHON:-$(default_python)}
 
 # ----------------------------------------------------------------------------------------
@@ -216,7 +222,7 @@ done
 for name in PHASE1_ACCUMULATION PHASE2_ACCUMULATION NUM_GPUS; do
     [[ -z ${!name} ]] || require_int "$name" "${!name}" "$([[ $name == NUM_GPUS ]] && echo 0 || echo 1)"
 done
-for name in CPU_REPLICAS EVAL_EVERY MAX_EVAL_STEPS SEED; do require_int "$name" "${!name}" 0; done
+for name in CPU_REPLICAS EVAL_EVERY MAX_EVAL_STEPS SEED CHIEF_WAIT; do require_int "$name" "${!name}" 0; done
 for name in PHASE1_LR PHASE2_LR POLY_POWER WEIGHT_DECAY; do require_number "$name" "${!name}"; done
 require_bool XLA "$XLA"
 require_bool DO_EVAL "$DO_EVAL"
@@ -244,14 +250,14 @@ if [[ -n ${TF_CONFIG:-} ]]; then
 import json, os, sys
 try:
     c = json.loads(os.environ["TF_CONFIG"])
-    cluster, task = c["cluster"], c["task"]
-    hosts = list(cluster.get("chief", [])) + list(cluster.get("worker", []))
-    index = int(task["index"]) + (len(cluster.get("chief", [])) if task["type"] == "worker" else 0)
-    assert task["type"] in ("chief", "worker") and 0 <= index < len(hosts)
+    hosts, task = list(c["cluster"]["worker"]), c["task"]
+    index = int(task["index"])
+    assert set(c["cluster"]) == {"worker"} and task.get("type", "worker") == "worker"
+    assert 0 <= index < len(hosts)
 except Exception as e:
     sys.exit(f"{type(e).__name__}: {e}")
 print(len(hosts), index)
-') || die "TF_CONFIG is not a valid cluster description (expected {\"cluster\": {\"worker\": [\"host:port\", ...]}, \"task\": {\"type\": \"worker\", \"index\": i}}): $TF_CONFIG"
+') || die "TF_CONFIG is not a valid cluster description of worker tasks (expected {\"cluster\": {\"worker\": [\"host:port\", ...]}, \"task\": {\"type\": \"worker\", \"index\": i}}): $TF_CONFIG"
     read -r NUM_WORKERS WORKER_INDEX <<<"$cluster"
 fi
 
@@ -270,6 +276,19 @@ CPU_REPLICAS=$((10#$CPU_REPLICAS))
 if ((NUM_GPUS > 0)); then
     ((CPU_REPLICAS == 0)) || die "CPU_REPLICAS=$CPU_REPLICAS is for machines without a GPU, and NUM_GPUS=$NUM_GPUS: set one of them"
     DEVICE_FLAGS=(--num_gpus="$NUM_GPUS") LOCAL_REPLICAS=$NUM_GPUS DEVICES="$NUM_GPUS GPU(s)"
+    if ((NUM_WORKERS > 1)); then
+        # Each worker of a cluster trains on all the GPUs it sees (the trainer refuses
+        # --num_gpus there): let it see NUM_GPUS of them, so the batch arithmetic holds.
+        if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+            IFS=, read -r -a visible <<<"$CUDA_VISIBLE_DEVICES"
+        else
+            mapfile -t visible < <(seq 0 $((NUM_GPUS - 1)))
+        fi
+        ((${#visible[@]} >= NUM_GPUS)) || die "NUM_GPUS=$NUM_GPUS, but CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES names ${#visible[@]}"
+        CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${visible[*]:0:NUM_GPUS}")
+        export CUDA_VISIBLE_DEVICES
+        DEVICE_FLAGS=() DEVICES="$NUM_GPUS GPU(s) (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)"
+    fi
 elif ((CPU_REPLICAS > 0)); then
     DEVICE_FLAGS=(--cpu_replicas="$CPU_REPLICAS") LOCAL_REPLICAS=$CPU_REPLICAS
     DEVICES="no GPU: $CPU_REPLICAS logical CPU device(s)"
@@ -306,11 +325,12 @@ PHASE2_BATCH=$BATCH PHASE2_ACCUM=$ACCUMULATION
 # checks again, in full, when each phase starts.
 DATA_FACTS=$("$PYTHON" - "$ROOT" "$BERT_CONFIG" "$PHASE1_DATA" "$PHASE2_DATA" \
     "$PHASE1_EVAL_DATA" "$PHASE2_EVAL_DATA" "$PHASE1_STEPS" "$PHASE2_STEPS" \
-    "$PHASE1_GLOBAL_BATCH" "$PHASE2_GLOBAL_BATCH" 2>&1 <<'PY'
+    "$PHASE1_GLOBAL_BATCH" "$PHASE2_GLOBAL_BATCH" "$NUM_WORKERS" 2>&1 <<'PY'
 import glob, json, os, sys
 
 root, config_file, *patterns = sys.argv[1:7]
 steps, global_batch = [int(x) for x in sys.argv[7:9]], [int(x) for x in sys.argv[9:11]]
+workers = int(sys.argv[11])
 sys.path.insert(0, root)
 from data_format import metadata_path, validate_metadata  # noqa: E402
 
@@ -372,10 +392,17 @@ for phase in (1, 2):
     if evals and seq is not None and eseq is not None and (seq, pred) != (eseq, epred):
         problems.append(f"PHASE{phase}_EVAL_DATA: sequences of {eseq} tokens with {epred} "
                         f"predictions, the training data {seq} with {pred}")
+    if len(train) < workers:
+        problems.append(f"PHASE{phase}_DATA: {len(train)} file(s) for {workers} workers, each of "
+                        "which reads its own files: make more shards (NUM_SHARDS of "
+                        "scripts/create_data.sh, a multiple of the number of workers)")
     if train:
         shape = f"{seq} tokens, {pred} predictions" if seq else "no metadata"
         epochs = f", {steps[phase - 1] * global_batch[phase - 1] / n:.2f} epoch(s)" if n else ""
-        lines.append(f"phase {phase} data: {len(train)} file(s), {n:,} instances ({shape}){epochs}"
+        uneven = (f" (not a multiple of the {workers} workers: some read more files than "
+                  "others)" if len(train) % workers else "")
+        lines.append(f"phase {phase} data: {len(train)} file(s){uneven}, {n:,} instances "
+                     f"({shape}){epochs}"
                      + (f"; eval: {len(evals)} file(s), {en:,} instances" if evals else
                         "; eval: the training files (no held-out eval data)"))
 all_shas.discard(None)
@@ -516,10 +543,22 @@ for phase in 1 2; do
         note "phase $phase failed (exit status $status); see $LOG_FILE. Fix the problem and run the same command again: it resumes from the newest checkpoint"
         exit "$status"
     fi
-    phase_done "$phase" || {
-        note "phase $phase ended without a checkpoint at its last step$( ((DO_EVAL)) && echo ' and its eval'): see $LOG_FILE"
-        exit 1
-    }
+    if ((WORKER_INDEX == 0)); then
+        phase_done "$phase" || {
+            note "phase $phase ended without a checkpoint at its last step$( ((DO_EVAL)) && echo ' and its eval'): see $LOG_FILE"
+            exit 1
+        }
+    else
+        # The chief writes the checkpoints (and evaluates) and may finish after this worker.
+        dir_var=PHASE${phase}_DIR steps_var=PHASE${phase}_STEPS deadline=$((SECONDS + 10#$CHIEF_WAIT))
+        until (($(checkpoint_step "${!dir_var}") >= 10#${!steps_var})); do
+            ((SECONDS < deadline)) || {
+                note "phase $phase: the chief (worker 0) wrote no checkpoint at step ${!steps_var} in ${!dir_var} within CHIEF_WAIT=$CHIEF_WAIT s: see its log, and check that OUTPUT_DIR is one shared directory"
+                exit 1
+            }
+            sleep 2
+        done
+    fi
 done
 note "done in $((SECONDS - started)) s: the pretrained model is the newest checkpoint of $PHASE2_DIR"
 if [[ -f $PHASE2_DIR/eval_results.txt ]]; then

@@ -358,7 +358,7 @@ fake = os.environ["FAKE_DIR"]
 flags = dict(a[2:].split("=", 1) for a in args[1:] if a.startswith("--") and "=" in a)
 with open(os.path.join(fake, "calls.jsonl"), "a") as f:
     record = dict(flags=flags, tf_config=os.environ.get("TF_CONFIG"), pid=os.getpid(),
-                  sid=os.getsid(0))
+                  sid=os.getsid(0), gpus=os.environ.get("CUDA_VISIBLE_DEVICES"))
     f.write(json.dumps(record) + "\\n")
 if os.environ.get("FAKE_MODE") == "hang":
     # Like the trainer: its own handlers, whatever the parent left ignored.
@@ -496,6 +496,8 @@ def test_multinode_writes_tf_config(workspace, tmp_path, fake_trainer):
     assert commands[1]["batch_size"] == "64"
     assert commands[1]["gradient_accumulation_steps"] == "64"
     assert commands[2]["gradient_accumulation_steps"] == "128"
+    assert "num_gpus" not in commands[1]  # a worker uses the GPUs it sees
+    assert "8 GPU(s) (CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7) per machine x 2" in result.stdout
     assert "16 replica(s); this is worker 1" in result.stdout
     assert not (tmp_path / "out").exists()
 
@@ -509,6 +511,7 @@ def test_multinode_writes_tf_config(workspace, tmp_path, fake_trainer):
         "cluster": {"worker": ["127.0.0.1:23456", "localhost:23456"]},
         "task": {"type": "worker", "index": 0},
     }
+    assert calls[0]["gpus"] == "0,1"  # NUM_GPUS=2
     assert (tmp_path / "out" / "pretrain.worker-0.log").exists()
 
 
@@ -522,6 +525,8 @@ def test_multinode_checks_its_arguments(workspace, tmp_path):
         (("gpu1:99999", 0, *args), "port 99999 is not between 1 and 65535"),
         (("gpu1,,gpu2", 0, *args), "HOSTS entry '': expected host or host:port"),
         (("gpu1,gpu2", 0, *args[:2]), "expected HOSTS INDEX BERT_CONFIG DATA_DIR OUTPUT_DIR"),
+        # Every worker reads its own training files: 4 shards cannot feed 8 workers.
+        (("a,b,c,d,e,f,g,h", 0, *args), "PHASE1_DATA: 4 file(s) for 8 workers"),
     ]
     for case_args, message in cases:
         result = run(MULTINODE, *case_args)
