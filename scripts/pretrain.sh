@@ -325,12 +325,12 @@ PHASE2_BATCH=$BATCH PHASE2_ACCUM=$ACCUMULATION
 # checks again, in full, when each phase starts.
 DATA_FACTS=$("$PYTHON" - "$ROOT" "$BERT_CONFIG" "$PHASE1_DATA" "$PHASE2_DATA" \
     "$PHASE1_EVAL_DATA" "$PHASE2_EVAL_DATA" "$PHASE1_STEPS" "$PHASE2_STEPS" \
-    "$PHASE1_GLOBAL_BATCH" "$PHASE2_GLOBAL_BATCH" "$NUM_WORKERS" 2>&1 <<'PY'
+    "$PHASE1_GLOBAL_BATCH" "$PHASE2_GLOBAL_BATCH" "$NUM_WORKERS" "$DO_EVAL" 2>&1 <<'PY'
 import glob, json, os, sys
 
 root, config_file, *patterns = sys.argv[1:7]
 steps, global_batch = [int(x) for x in sys.argv[7:9]], [int(x) for x in sys.argv[9:11]]
-workers = int(sys.argv[11])
+workers, do_eval = int(sys.argv[11]), sys.argv[12] == "1"
 sys.path.insert(0, root)
 from data_format import metadata_path, validate_metadata  # noqa: E402
 
@@ -385,7 +385,7 @@ def facts(files, name):
 lines, all_shas = [], set()
 for phase in (1, 2):
     train = files_of(patterns[phase - 1], f"PHASE{phase}_DATA", True)
-    evals = files_of(patterns[phase + 1], f"PHASE{phase}_EVAL_DATA", False)
+    evals = files_of(patterns[phase + 1], f"PHASE{phase}_EVAL_DATA", False) if do_eval else []
     seq, pred, n, shas = facts(train, f"PHASE{phase}_DATA")
     eseq, epred, en, eshas = facts(evals, f"PHASE{phase}_EVAL_DATA")
     all_shas |= shas | eshas
@@ -403,7 +403,8 @@ for phase in (1, 2):
                   "others)" if len(train) % workers else "")
         lines.append(f"phase {phase} data: {len(train)} file(s){uneven}, {n:,} instances "
                      f"({shape}){epochs}"
-                     + (f"; eval: {len(evals)} file(s), {en:,} instances" if evals else
+                     + ("" if not do_eval else
+                        f"; eval: {len(evals)} file(s), {en:,} instances" if evals else
                         "; eval: the training files (no held-out eval data)"))
 all_shas.discard(None)
 if len(all_shas) > 1:

@@ -355,19 +355,19 @@ args = sys.argv[1:]
 if not (args and args[0].endswith("run_pretraining_gpu.py")):
     os.execv({python!r}, [{python!r}, *args])
 fake = os.environ["FAKE_DIR"]
+hang = os.environ.get("FAKE_MODE") == "hang"
+received = []
+if hang:  # like the trainer: its own handlers, whatever the parent left ignored
+    def handle(signum, frame):
+        received.append(signal.Signals(signum).name)
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
 flags = dict(a[2:].split("=", 1) for a in args[1:] if a.startswith("--") and "=" in a)
 with open(os.path.join(fake, "calls.jsonl"), "a") as f:
     record = dict(flags=flags, tf_config=os.environ.get("TF_CONFIG"), pid=os.getpid(),
                   sid=os.getsid(0), gpus=os.environ.get("CUDA_VISIBLE_DEVICES"))
     f.write(json.dumps(record) + "\\n")
-if os.environ.get("FAKE_MODE") == "hang":
-    # Like the trainer: its own handlers, whatever the parent left ignored.
-    received = []
-    def handle(signum, frame):
-        received.append(signal.Signals(signum).name)
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
-    print("fake trainer ready", flush=True)
+if hang:
     deadline = time.time() + 60
     while not received and time.time() < deadline:
         time.sleep(0.02)
@@ -423,7 +423,6 @@ def wait_for_call(fake_trainer, count, process):
         assert process.poll() is None, process.stdout.read()
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(0.3)  # the fake installs its handlers right after recording the call
 
 
 @pytest.mark.parametrize(
