@@ -13,12 +13,13 @@ the documents, builds the instances of all --dupe_factor rounds and shuffles the
 before writing. This script makes the same kind of data in bounded memory, in three
 passes over temporary files kept in a hidden directory beside the first output file:
 
-1. Tokenize. The corpus is read in chunks of about --chunk_mb of text (documents longer
-   than chunk_mb / PARTS_PER_CHUNK are cut into parts, all parts keeping the id of their
-   source document); --num_workers processes tokenize them, and every document is
-   scattered into one of about corpus / chunk_mb *document buckets* chosen by a seeded
-   generator, so each bucket is a random sample of the corpus's documents. A bounded,
-   seeded reservoir of RESERVOIR_DOCUMENTS source documents is kept on the side.
+1. Tokenize. The corpus is read in pieces of a quarter of --chunk_mb of text (documents
+   longer than chunk_mb / PARTS_PER_CHUNK are cut into parts, all parts keeping the id
+   of their source document); --num_workers processes tokenize them, once per run, and
+   every document is scattered into one of about corpus / chunk_mb *document buckets*
+   chosen by a seeded generator, so each bucket is a random sample of the corpus's
+   documents. A bounded, seeded reservoir of RESERVOIR_DOCUMENTS source documents is
+   kept on the side.
 2. Build instances. For each round, each bucket (in slices of about --chunk_mb of text)
    is loaded, its documents shuffled and turned into instances; a next-sentence negative
    takes B from a document of the slice (a random sample of the corpus) that is not
@@ -251,7 +252,16 @@ def create_masked_lm_predictions(
     sep_a = num_a + 1  # position of the first [SEP]
     if not options.do_whole_word_mask:
         candidates = [*range(1, sep_a), *range(sep_a + 1, n - 1)]
-        positions = sorted(rng.sample(candidates, min(num_to_predict, len(candidates))))
+        # The first k steps of a Fisher-Yates shuffle: a uniform random k-subset, drawn
+        # with k calls of rng.random() in half the time of rng.sample (which took a
+        # quarter of the time of building instances).
+        m = len(candidates)
+        k = min(num_to_predict, m)
+        draw = rng.random
+        for i in range(k):
+            j = i + int(draw() * (m - i))
+            candidates[i], candidates[j] = candidates[j], candidates[i]
+        positions = sorted(candidates[:k])
     else:
         # Group word pieces; a segment's first token always starts a group (even a "##"
         # piece left first by truncation), so no word spans a [SEP].
@@ -1352,7 +1362,9 @@ def create_pretraining_data(
             slice_start = [0] * num_document_buckets
             slice_text = [0] * num_document_buckets
             parts = read_documents(paths, stats, max(chunk_bytes // PARTS_PER_CHUNK, 1))
-            chunks = iter_chunks(parts, chunk_bytes)
+            # Quarter chunks: work enough to share evenly among the workers, even for a
+            # corpus of a few chunks.
+            chunks = iter_chunks(parts, max(chunk_bytes // 4, 1))
             sizes = {}
 
             def pass1_tasks():
