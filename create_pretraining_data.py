@@ -882,11 +882,12 @@ class ChunkWorker:
         stats["instances"] += len(instances)
         stats["masked_tokens"] += sum(len(x.masked_positions) for x in instances)
         # A generator of its own: the instances do not depend on the number of buckets.
-        scatter = chunk_rng(seed, "records", dupe_round, slice_index).randrange
+        scatter = chunk_rng(seed, "records", dupe_round, slice_index).random
         buckets: list[list[bytes]] = [[] for _ in range(num_buckets)]
         serialize = self.encoder.serialize
         for instance in instances:
-            buckets[scatter(num_buckets)].append(tfrecord_frame(serialize(instance)))
+            bucket = int(scatter() * num_buckets)  # uniform over the buckets
+            buckets[bucket].append(tfrecord_frame(serialize(instance)))
         return [b"".join(bucket) for bucket in buckets], stats
 
 
