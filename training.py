@@ -614,9 +614,14 @@ class Trainer:
         # frequent one: the floor a model must clear to have learnt anything.
         target_counts = np.zeros(self.model.config.vocab_size)
         steps = 0
-        for global_batch in dataset:
-            if max_eval_steps and steps >= max_eval_steps:
+        batches = iter(dataset)
+        while not (max_eval_steps and steps >= max_eval_steps):
+            try:
+                global_batch = next(batches)
+            except StopIteration:
                 break
+            except tf.errors.DataLossError as e:
+                raise _read_error(e, files, "eval") from e
             for name, value in self.eval_step(global_batch).items():
                 totals[name] = totals.get(name, 0.0) + float(value)
             np.add.at(
@@ -695,9 +700,14 @@ def _write_atomically(path: str, text: str) -> None:
         with tf.io.gfile.GFile(temporary, "w") as f:
             f.write(text)
         tf.io.gfile.rename(temporary, path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(temporary):
-            tf.io.gfile.remove(temporary)
+    except BaseException as e:
+        try:
+            if tf.io.gfile.exists(temporary):
+                tf.io.gfile.remove(temporary)
+        except tf.errors.OpError:
+            pass
+        if isinstance(e, tf.errors.OpError):
+            raise OSError(f"cannot write {path}: {_last_line(e.message)}") from e
         raise
 
 
@@ -1356,13 +1366,13 @@ def _last_line(message: str) -> str:
     return message.splitlines()[-1].strip() if message else message
 
 
-def _read_error(error: tf.errors.OpError, files) -> ValueError:
+def _read_error(error: tf.errors.OpError, files, kind: str = "training") -> ValueError:
     """A data-reading error that names the file and the fault."""
     fault = input_pipeline.find_corrupt_record(files)
     if fault is None:
-        return ValueError(f"reading the training data failed: {_last_line(error.message)}")
+        return ValueError(f"reading the {kind} data failed: {_last_line(error.message)}")
     return ValueError(
-        f"damaged training data: {fault}; make the file again with create_pretraining_data.py "
+        f"damaged {kind} data: {fault}; make the file again with create_pretraining_data.py "
         "(the checkpoints in the output directory are intact)"
     )
 
