@@ -256,7 +256,7 @@ def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[
         while (done := int(trainer.step.numpy()) - start) < steps:
             if hasattr(trainer, "train_steps"):
                 count = min(chunk, steps - done)
-                trainer.train_steps(iterator, tf.constant(count, tf.int64))
+                trainer.train_steps([iterator], tf.constant(count, tf.int64))
             else:
                 trainer.train_step(iterator)
         return int(trainer.step.numpy()) - start
@@ -350,7 +350,7 @@ def _send(message: dict) -> None:
 
 def worker_main(spec: dict) -> None:
     """A worker: builds its side, warms up, then runs timed windows on request."""
-    sys.path.insert(0, REPO)
+    sys.path.insert(0, spec.get("ours_repo") or REPO)
     tf = _configure_tensorflow(spec)
     versions = {"tensorflow": tf.__version__, "python": platform.python_version()}
     import keras
@@ -478,6 +478,7 @@ def _worker_spec(args: argparse.Namespace, **fields) -> dict:
             "xla",
             "steps_per_loop",
             "theirs_jit_compile",
+            "ours_repo",
         )
     }
     spec.update(fields)
@@ -687,6 +688,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--xla", type=boolean, help="ours: TrainConfig(xla=...) if given and the field exists")
     add("--steps_per_loop", type=int, help="ours: passed if given and TrainConfig has it")
     add("--theirs_jit_compile", choices=("auto", "true", "false"), default="auto")
+    add(
+        "--ours_repo",
+        default=REPO,
+        help="the checkout whose trainer is 'ours' (e.g. a git worktree of an older commit, "
+        "to measure before/after a change against the same keras-hub yardstick)",
+    )
     add("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default")
     add("--inter_op_threads", type=int, default=0, help="0: TensorFlow's default")
     add("--gemm_sizes", type=sizes, default="2048,3072,4096", help="square matmul sizes")
