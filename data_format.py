@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Mapping
+from operator import itemgetter
 
 import google_crc32c
 
@@ -251,7 +252,13 @@ class ExampleEncoder:
                 self._prefixed(
                     "input_ids",
                     int64,
-                    b"".join([varints[i] for i in instance.token_ids]) + self._zeros[:pad],
+                    b"".join(
+                        # itemgetter loops in C, twice as fast; it returns a tuple for n > 1
+                        itemgetter(*instance.token_ids)(varints)
+                        if n > 1
+                        else map(varints.__getitem__, instance.token_ids)
+                    )
+                    + self._zeros[:pad],
                 ),
                 self._prefixed("input_mask", int64, self._ones[:n] + self._zeros[:pad]),
                 self._prefixed(
@@ -264,12 +271,13 @@ class ExampleEncoder:
                 self._prefixed(
                     "masked_lm_positions",
                     int64,
-                    b"".join([varints[i] for i in instance.masked_positions]) + self._zeros[:pad_k],
+                    b"".join(map(varints.__getitem__, instance.masked_positions))
+                    + self._zeros[:pad_k],
                 ),
                 self._prefixed(
                     "masked_lm_ids",
                     int64,
-                    b"".join([varints[i] for i in instance.masked_ids]) + self._zeros[:pad_k],
+                    b"".join(map(varints.__getitem__, instance.masked_ids)) + self._zeros[:pad_k],
                 ),
                 self._prefixed(
                     "masked_lm_weights",

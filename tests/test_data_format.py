@@ -137,6 +137,12 @@ def test_ids_of_one_two_and_three_varint_bytes_parse():
     assert list(f["masked_lm_ids"].int64_list.value) == [16384, 1]
 
 
+def test_one_token_examples_parse():
+    encoder = data_format.ExampleEncoder(max_seq_length=3, max_predictions_per_seq=1, vocab_size=9)
+    f = tf.train.Example.FromString(encoder.serialize(Instance([7], 0, [], [], False)))
+    assert list(f.features.feature["input_ids"].int64_list.value) == [7, 0, 0]
+
+
 def test_long_examples_with_a_small_vocabulary_parse():
     # An Example longer than the cached varints (vocab_size + 1 values) takes the
     # general length path.
