@@ -1236,7 +1236,8 @@ def _train(
     # checkpoints land in --output_dir, the others' go to a temporary directory.
     directory = config.output_dir
     if not trainer.devices.is_chief:
-        directory = tempfile.mkdtemp(prefix=f"bert-gpu-worker{trainer.worker_index}-")
+        _remove_stale_worker_directories()
+        directory = tempfile.mkdtemp(prefix=f"{WORKER_DIRECTORY_PREFIX}{os.getpid()}-")
     try:
         manager = tf.train.CheckpointManager(
             checkpoint,
@@ -1252,6 +1253,29 @@ def _train(
     finally:
         if directory != config.output_dir:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+# A non-chief worker's own checkpoints: tempdir/bert-gpu-worker-<pid>-<random>.
+WORKER_DIRECTORY_PREFIX = "bert-gpu-worker-"
+
+
+def _remove_stale_worker_directories() -> None:
+    """Removes the temporary directories of workers that were killed (their pid is gone)."""
+    pattern = os.path.join(tempfile.gettempdir(), f"{WORKER_DIRECTORY_PREFIX}*")
+    for path in tf.io.gfile.glob(pattern):
+        pid = os.path.basename(path)[len(WORKER_DIRECTORY_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _restore_and_train(

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import conftest
@@ -163,9 +164,11 @@ def test_two_workers_stopped_by_sigterm_on_one_resume_and_train_like_one_process
         assert f"at step {step}; run the same command to resume" in cluster.log(index)
     assert "received by another worker" in cluster.log(0)
     # Only the chief wrote to the output directory; the other worker's temporary
-    # checkpoints are gone.
-    assert not any("worker1" in name for name in os.listdir(out))
-    assert not [p for p in os.listdir(tempfile_dir()) if p.startswith("bert-gpu-worker1-")]
+    # checkpoints (tempdir/bert-gpu-worker-<pid>-*) are gone.
+    pid = cluster.processes[1].pid
+    assert not [
+        p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"bert-gpu-worker-{pid}-")
+    ]
 
     again = Cluster(workspace, out, tmp_path)
     assert again.finish() == [0, 0], again.log(0)[-3000:]
@@ -173,12 +176,6 @@ def test_two_workers_stopped_by_sigterm_on_one_resume_and_train_like_one_process
     final = checkpoint_tensors(tf.train.latest_checkpoint(str(out)))
     assert tf.train.latest_checkpoint(str(out)).endswith(f"model.ckpt-{STEPS}")
     assert_same_weights(final, single_process(workspace, tmp_path / "single", 2))
-
-
-def tempfile_dir():
-    import tempfile
-
-    return tempfile.gettempdir()
 
 
 def test_two_workers_with_two_replicas_each_train_like_one_device_with_the_whole_batch(

@@ -404,7 +404,7 @@ def test_resume_refuses_changed_settings_and_allows_another_replica_count(
     changed = {name for name in after if before.get(name) != after[name]}
     # The eval results and the eval summaries (out/eval/) only: no training event file,
     # train_config.json and the checkpoints untouched.
-    assert changed == {"eval_results.txt", "eval"}
+    assert changed == {"eval_results.txt", "eval_results.jsonl", "eval"}
 
 
 def test_first_step_is_timed_apart_from_the_rate(workspace, tmp_path, monkeypatch, capsys):
@@ -565,30 +565,37 @@ def assert_trained_alike(one, two, start, rtol=1e-5):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=rtol, atol=rtol * scale + 1e-10)
 
 
-@pytest.mark.parametrize("optimizer, xla", [("adamw", True), ("lamb", False)])
-def test_accumulation_on_two_replicas_trains_like_one_device_with_the_whole_batch(
-    workspace, optimizer, xla
+@pytest.mark.parametrize(
+    "optimizer, xla, replicas, batch_size, micro_batches",
+    [("adamw", True, 1, 2, 4), ("lamb", False, 2, 2, 2)],
+)
+def test_accumulation_trains_like_one_device_with_the_whole_batch(
+    workspace, optimizer, xla, replicas, batch_size, micro_batches
 ):
-    # 2 micro-batches × 2 replicas × 2 examples against one device with 8: the loss is
-    # normalised by the counts of the whole effective batch, so the gradients match.
+    # K micro-batches × R replicas × B examples against one device with the 8 examples:
+    # the loss is normalised by the counts of the whole effective batch, so the
+    # gradients match. With XLA and one replica, the micro-batch loop runs inside the
+    # one compiled cluster of the step (the split clusters of several replicas are run
+    # by tests/test_train_step_reference.py).
     start = initial_weights(workspace)
     overrides = dict(optimizer=optimizer, poly_power=0.5)
     one, one_metrics = run_steps(workspace, 1, 8, 3, init_weights=start, **overrides)
     two, two_metrics = run_steps(
-        workspace, 2, 2, 3, init_weights=start, gradient_accumulation_steps=2, xla=xla,
-        **overrides,
+        workspace, replicas, batch_size, 3, init_weights=start,
+        gradient_accumulation_steps=micro_batches, xla=xla, **overrides,
     )  # fmt: skip
-    assert two.xla == xla and two.accumulation == 2
+    assert two.xla == xla and two.accumulation == micro_batches
     for a, b in zip(one_metrics, two_metrics):
         for key in ("mlm_loss_sum", "mlm_count", "nsp_loss_sum", "grad_norm_sum"):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
         assert b["applied_steps"] == 1 and b["skipped_steps"] == 0
     assert_trained_alike(one, two, start)
     for variable in two.optimizer.model_variables:
-        first, second = two.strategy.experimental_local_results(variable)
-        np.testing.assert_array_equal(first.numpy(), second.numpy())
-    # The four micro-batches of a global batch hold different numbers of masked tokens:
-    # normalising per micro-batch would give another gradient.
+        copies = two.strategy.experimental_local_results(variable)
+        for copy in copies[1:]:
+            np.testing.assert_array_equal(copy.numpy(), copies[0].numpy())
+    # The four blocks of 2 examples of a global batch hold different numbers of masked
+    # tokens: normalising per micro-batch or replica would give another gradient.
     batch = next(iter(input_pipeline.train_dataset([workspace["data"]], 8, SEQ, PRED, seed=7)))
     quarters = batch["masked_lm_weights"].numpy().reshape(4, 2, PRED).sum(axis=(1, 2))
     assert len(set(quarters)) > 1
@@ -605,7 +612,7 @@ def test_steps_per_loop_runs_the_very_same_steps(workspace):
     iterator = iter(
         input_pipeline.train_dataset([workspace["data"]], 8, SEQ, PRED, seed=7, shuffle_buffer=1000)
     )
-    totals = [looped.train_steps(iterator, tf.constant(3, tf.int64)) for _ in range(2)]
+    totals = [looped.train_steps([iterator], tf.constant(3, tf.int64)) for _ in range(2)]
     assert [float(t["applied_steps"]) for t in totals] == [3.0, 3.0]
     assert int(looped.step.numpy()) == 6 and int(looped.updates.numpy()) == 6
     # The same ops on the same batches: the same bits.
@@ -662,21 +669,26 @@ def test_fp16_loss_scaling_skips_overflowing_steps_and_grows_back(workspace, mon
     assert int(trainer.nonfinite_streak.numpy()) == 0  # loss scaling, not a NaN alarm
     for variable, value in zip(trainer.variables, before):
         np.testing.assert_array_equal(variable.numpy(), value)  # nothing applied
-    # Halving until the gradients fit; then two finite steps double the scale.
+    # From 2^20, halving until the gradients fit (each skipped step halves the scale).
+    trainer.loss_scale.assign(2.0**20)
     scales = []
-    for _ in range(40):
+    for _ in range(30):
         metrics = trainer.train_step(iterator)
         scales.append(float(trainer.loss_scale.numpy()))
         if float(metrics["applied_steps"]):
             break
     assert float(metrics["applied_steps"]) == 1, scales
-    applied_at = scales[-1]
-    assert all(b == a / 2 for a, b in zip([2.0**39, *scales[:-2]], scales[:-1]))
+    assert scales[:-1] == [2.0 ** (19 - i) for i in range(len(scales) - 1)]
+    # A scale far below overflow: --growth interval (2 here) finite steps double it.
+    trainer.loss_scale.assign(4.0)
+    trainer.good_steps.assign(0)
     trainer.train_step(iterator)
-    assert float(trainer.loss_scale.numpy()) == 2 * applied_at
-    assert int(trainer.skipped_steps.numpy()) == len(scales)
-    assert int(trainer.step.numpy()) == len(scales) + 2
-    assert int(trainer.updates.numpy()) == 2
+    assert float(trainer.loss_scale.numpy()) == 4.0
+    trainer.train_step(iterator)
+    assert float(trainer.loss_scale.numpy()) == 8.0
+    assert int(trainer.skipped_steps.numpy()) == len(scales)  # the first step and the halvings
+    assert int(trainer.step.numpy()) == len(scales) + 3
+    assert int(trainer.updates.numpy()) == 3
     assert all(np.isfinite(v.numpy()).all() for v in trainer.variables)
 
 
@@ -693,10 +705,11 @@ def test_replicas_draw_different_dropout_masks(workspace):
     # Large weights: at initialisation the logits are ~0 and the loss ~ln(V) whatever
     # the mask; with these, a different mask changes the loss by percents.
     rng = np.random.default_rng(0)
-    weights = [w + rng.normal(0, 0.3, w.shape) for w in initial_weights(workspace)]
-    losses = {}
+    losses, weights = {}, None
     for replicas, batch in ((1, rows), (2, doubled)):
         trainer = training.Trainer(strategy_over(replicas), bert_config, config)
+        if weights is None:
+            weights = [v.numpy() + rng.normal(0, 0.3, v.shape) for v in trainer.variables]
         for variable, value in zip(trainer.variables, weights):
             variable.assign(value)
         iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
