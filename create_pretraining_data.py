@@ -1246,11 +1246,12 @@ def record_bucket_count(
     """How many record buckets pass 2 fills, for buckets of at most about shuffle_bytes.
 
     The records' size is estimated from pass 1's counts, erring on the large side: an
-    instance takes about 0.8 max_num_tokens tokens of text on corpora of long documents
-    (KJV, max_seq_length 128: 104 of 125), so half of max_num_tokens per instance, plus
-    one instance per document part for short documents, and every record as long as the
-    largest possible one. Too many buckets only means smaller ones; a bucket that still
-    outgrows the budget is split again in pass 3.
+    instance uses about 0.7 max_num_tokens tokens of its document on corpora of long
+    documents (KJV, max_seq_length 128: 91 of 125; a random B comes from elsewhere), so
+    half of max_num_tokens per instance, plus one instance per document part for short
+    documents, and every record as long as the largest possible one (KJV: about twice
+    the records' real size). Too many buckets only means smaller ones; a bucket that
+    still outgrows the budget is split again in pass 3.
     """
     max_num_tokens = options.max_seq_length - 3
     per_round = stats["tokens"] / (max_num_tokens / 2) + stats["document_parts"]
