@@ -580,7 +580,14 @@ class MaskedLMHead(keras.layers.Layer):
         """
         x = tf.gather(sequence_output, masked_positions, batch_dims=1)  # [B, P, H]
         x = self.layer_norm(self.activation(self.transform(x)))  # [B, P, H]
-        logits = tf.matmul(x, word_embeddings, transpose_b=True)  # [B, P, V]
+        # One [B·P, H] × [H, V] product. A batched matmul of [B, P, H] with the 2-D table
+        # would broadcast the table, and its gradient would build one [V, H] product per
+        # sequence before summing them (B × the table's size of memory traffic: 500 MB a
+        # step for BERT's vocabulary at hidden 128, batch 32).
+        shape = tf.shape(x)
+        flat = tf.reshape(x, [-1, self.config.hidden_size])  # [B·P, H]
+        logits = tf.matmul(flat, word_embeddings, transpose_b=True)  # [B·P, V]
+        logits = tf.reshape(logits, tf.concat([shape[:2], [-1]], axis=0))  # [B, P, V]
         return tf.cast(logits, tf.float32) + self.output_bias
 
 

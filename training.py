@@ -309,7 +309,9 @@ class Trainer:
             power=config.poly_power,
         )
         self._model_variables = self.optimizer.model_variables
-        compile_ = functools.partial(tf.function, jit_compile=True, reduce_retracing=True)
+        compile_ = functools.partial(
+            tf.function, jit_compile=True, reduce_retracing=True, autograph=False
+        )
         if self.xla and self.num_replicas > 1:
             self._gradients = compile_(self._gradients_fn)
             self._apply = compile_(self._apply_fn)
@@ -375,10 +377,17 @@ class Trainer:
         grads, sums = micro_batch(0)
         if num_micro == 1:
             return grads, sums
-        for k in tf.range(1, num_micro):
+
+        def accumulate(k, grads, sums):
             more_grads, more_sums = micro_batch(k)
             grads = [a + b for a, b in zip(grads, more_grads)]
             sums = {name: sums[name] + more_sums[name] for name in sums}
+            return k + 1, grads, sums
+
+        # A graph loop (one traced body), not K unrolled copies of the model.
+        _, grads, sums = tf.while_loop(
+            lambda k, *_: k < num_micro, accumulate, (tf.constant(1), grads, sums)
+        )
         return grads, sums
 
     def _apply_fn(self, grads, loss, learning_rate, count, loss_scale, local_index: int):
@@ -512,7 +521,10 @@ class Trainer:
         metrics["loss_scale"] = loss_scale
         return metrics
 
-    @tf.function
+    # Autograph off (here and in every compiled function): the loops are written as
+    # graph loops, and converting the model, loss and optimizer code took half of the
+    # first step's tracing time.
+    @tf.function(autograph=False)
     def train_steps(self, iterators, num_steps) -> dict:
         """Runs `num_steps` optimizer steps on the next global batches of `iterators`.
 
@@ -528,13 +540,19 @@ class Trainer:
             skipped_steps, nonfinite_steps; and of the last step: learning_rate,
             loss_scale.
         """
-        totals = {name: tf.constant(0.0) for name in (*SUM_KEYS, "grad_norm_sum")}
-        totals.update(applied_steps=0.0, skipped_steps=0.0, nonfinite_steps=0.0)
+        names = (*SUM_KEYS, "grad_norm_sum", "applied_steps", "skipped_steps", "nonfinite_steps")
+        totals = {name: tf.constant(0.0) for name in names}
         last = {"learning_rate": tf.constant(0.0), "loss_scale": tf.constant(0.0)}
-        for _ in tf.range(num_steps):
+
+        def one_step(i, totals, last):
             metrics = self._train_step(iterators)
             totals = {name: totals[name] + metrics[name] for name in totals}
-            last = {name: metrics[name] for name in last}
+            return i + 1, totals, {name: metrics[name] for name in last}
+
+        num_steps = tf.cast(num_steps, tf.int64)
+        _, totals, last = tf.while_loop(
+            lambda i, *_: i < num_steps, one_step, (tf.constant(0, tf.int64), totals, last)
+        )
         return dict(totals, **last)
 
     def train_step(self, iterators) -> dict:
@@ -583,7 +601,7 @@ class Trainer:
         features = {name: value[0] for name, value in batch.items()}  # K = 1
         return pretraining_sums(self.model, features, training=False)
 
-    @tf.function
+    @tf.function(autograph=False)
     def eval_step(self, global_batch: dict) -> dict:
         if self.num_workers > 1:
             # Only the chief evaluates, on its first device: no collective to wait for.
