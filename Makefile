@@ -26,8 +26,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed
 
+# One test process per core (at most 4): most of a test's time is TensorFlow tracing,
+# which runs on one core. worksteal rebalances the long tests at the end.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -n auto --maxprocesses=4 --dist worksteal
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

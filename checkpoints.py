@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import data_format
 import modeling
 
 KIND_BERT_GPU = "bert-gpu"
@@ -1031,7 +1032,9 @@ def find_vocab_beside(checkpoint_path: str) -> VocabInfo | None:
         return None
     if not vocab_file or not os.path.isfile(vocab_file):
         return None
-    if metadata.get("vocab_sha256") and metadata["vocab_sha256"] != _sha256(vocab_file):
+    if metadata.get("vocab_sha256") and metadata["vocab_sha256"] != data_format.file_sha256(
+        vocab_file
+    ):
         return None
     do_lower_case = metadata.get("do_lower_case")
     return VocabInfo(
@@ -1039,16 +1042,6 @@ def find_vocab_beside(checkpoint_path: str) -> VocabInfo | None:
         do_lower_case if isinstance(do_lower_case, bool) else None,
         train_files[0] + ".json",
     )
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _checked_vocab(vocab_file: str, bert_config: modeling.BertConfig) -> list[str]:

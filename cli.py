@@ -1,4 +1,5 @@
-"""What the command-line scripts share: a TensorFlow import that prints nothing.
+"""What the command-line scripts share: a TensorFlow import that prints nothing, and a
+test for the processes whose stale temporary files a new run may remove.
 
 Importing TensorFlow writes C++ log lines to stderr before any Python logging is set up
 ("All log messages before absl::InitializeLog() ...", CPU-feature and oneDNN notices);
@@ -52,3 +53,14 @@ def import_tensorflow(argv: Sequence[str] = sys.argv):
     if kept:
         print("\n".join(kept), file=sys.stderr, flush=True)
     return tensorflow
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a stale temporary file's owner)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True

@@ -50,7 +50,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import glob
-import hashlib
 import heapq
 import itertools
 import json
@@ -66,6 +65,8 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
+import cli
+import data_format
 import tokenization
 
 # The data format lives in data_format.py; these names stay importable from here for the
@@ -1077,16 +1078,6 @@ def _temp_prefix(path: str) -> str:
     return os.path.join(directory, f".{name}.tmp-")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RecordFiles:
     """The output TFRecord files, filled round-robin, committed all at once.
 
@@ -1129,7 +1120,7 @@ class RecordFiles:
         prefix = _temp_prefix(path)
         for leftover in glob.glob(glob.escape(prefix) + "*"):
             pid = re.match(r"\d+", leftover[len(prefix) :])
-            if pid and not _pid_alive(int(pid.group())):
+            if pid and not cli.pid_alive(int(pid.group())):
                 if os.path.isdir(leftover):
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
@@ -1187,14 +1178,6 @@ class RecordFiles:
                     os.remove(leftover)
         self.temp_paths = []
         shutil.rmtree(self.work_dir, ignore_errors=True)
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def format_duration(seconds: float) -> str:
@@ -1474,7 +1457,7 @@ def create_pretraining_data(
             vocab_file=tokenizer_spec.vocab_file,
             spm_model_file=tokenizer_spec.spm_model_file,
             vocab_size=vocab.size,
-            vocab_sha256=file_sha256(tokenizer_spec.path),
+            vocab_sha256=data_format.file_sha256(tokenizer_spec.path),
             input_files=paths,
             output_files=list(output_files),
             num_instances=0,  # set per file by commit()

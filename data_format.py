@@ -14,6 +14,7 @@ TensorFlow is not imported here, so the data writer and its worker processes sta
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterator, Mapping
 from operator import itemgetter
@@ -330,3 +331,12 @@ def iter_frames(buffer: bytes | memoryview, source: str = "buffer") -> Iterator[
             raise ValueError(f"{source}: truncated TFRecord at byte {start}")
         yield start, end
         start = end
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (the metadata's `vocab_sha256`)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

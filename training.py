@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 import checkpoints
+import cli
 import distribute
 import input_pipeline
 import modeling
@@ -1282,18 +1283,8 @@ def _remove_stale_worker_directories() -> None:
     pattern = os.path.join(tempfile.gettempdir(), f"{WORKER_DIRECTORY_PREFIX}*")
     for path in tf.io.gfile.glob(pattern):
         pid = os.path.basename(path)[len(WORKER_DIRECTORY_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not cli.pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _restore_and_train(
