@@ -18,6 +18,25 @@ note() {
     [[ -z $LOG_FILE ]] || printf '[%s] %s: %s\n' "$(date '+%F %T')" "$SCRIPT_NAME" "$*" >>"$LOG_FILE"
 }
 
+# parse_options "$@": --help (the script's `usage`), --dry_run (DRY_RUN=1, else 0); the
+# other arguments, in order, into ARGS; any other option is an error.
+parse_options() {
+    DRY_RUN=0
+    ARGS=()
+    local arg
+    for arg in "$@"; do
+        case $arg in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        --dry_run | --dry-run) DRY_RUN=1 ;;
+        -*) die "unknown option $arg (see --help)" ;;
+        *) ARGS+=("$arg") ;;
+        esac
+    done
+}
+
 # The project's virtual environment when there is one, else python3 on the PATH.
 default_python() {
     if [[ -x "$ROOT/.venv/bin/python" ]]; then

@@ -73,19 +73,7 @@ Example:
 EOF
 }
 
-DRY_RUN=0
-ARGS=()
-for arg in "$@"; do
-    case $arg in
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    --dry_run | --dry-run) DRY_RUN=1 ;;
-    -*) die "unknown option $arg (see --help)" ;;
-    *) ARGS+=("$arg") ;;
-    esac
-done
+parse_options "$@"
 ((${#ARGS[@]} >= 2)) || die "expected INPUT... OUTPUT_DIR (see --help)"
 OUTPUT_DIR=${ARGS[-1]}
 INPUTS=("${ARGS[@]:0:${#ARGS[@]}-1}")

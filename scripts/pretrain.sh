@@ -116,19 +116,7 @@ Example:
 EOF
 }
 
-DRY_RUN=0
-ARGS=()
-for arg in "$@"; do
-    case $arg in
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    --dry_run | --dry-run) DRY_RUN=1 ;;
-    -*) die "unknown option $arg (see --help)" ;;
-    *) ARGS+=("$arg") ;;
-    esac
-done
+parse_options "$@"
 ((${#ARGS[@]} == 3)) || die "expected BERT_CONFIG DATA_DIR OUTPUT_DIR (see --help)"
 BERT_CONFIG=${ARGS[0]} DATA_DIR=${ARGS[1]} OUTPUT_DIR=${ARGS[2]}
 # Absolute, so that the recorded settings and the logged commands hold from any directory.

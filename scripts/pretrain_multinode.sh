@@ -42,19 +42,7 @@ Example, on two machines with 8 GPUs each (16 replicas; nvidia-lamb phase 1:
 EOF
 }
 
-DRY_RUN=()
-ARGS=()
-for arg in "$@"; do
-    case $arg in
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    --dry_run | --dry-run) DRY_RUN=(--dry_run) ;;
-    -*) die "unknown option $arg (see --help)" ;;
-    *) ARGS+=("$arg") ;;
-    esac
-done
+parse_options "$@"
 ((${#ARGS[@]} == 5)) || die "expected HOSTS INDEX BERT_CONFIG DATA_DIR OUTPUT_DIR (see --help)"
 HOSTS=${ARGS[0]} INDEX=${ARGS[1]}
 PORT=${PORT:-12345}
@@ -88,4 +76,6 @@ export TF_CONFIG="{\"cluster\": {\"worker\": [${list%, }]}, \"task\": {\"type\":
 me=${WORKERS[INDEX]}
 note "worker $INDEX of ${#WORKERS[@]} ($me$( ((INDEX)) || echo ', the chief'))"
 echo "TF_CONFIG=$TF_CONFIG"
-exec "$ROOT/scripts/pretrain.sh" "${DRY_RUN[@]}" "${ARGS[@]:2}"
+DRY_RUN_FLAG=()
+((DRY_RUN == 0)) || DRY_RUN_FLAG=(--dry_run)
+exec "$ROOT/scripts/pretrain.sh" "${DRY_RUN_FLAG[@]}" "${ARGS[@]:2}"

@@ -54,6 +54,15 @@ def run(script, *args, env=None, timeout=300, **kwargs):
     )
 
 
+def assert_refused(script, cases, out):
+    """Each (env, args, message) case exits 2 naming `message`, and `out` stays absent."""
+    for env, args, message in cases:
+        result = run(script, *args, env=env)
+        assert result.returncode == 2, (message, result.stderr)
+        assert message in result.stderr, (message, result.stderr)
+        assert not out.exists()
+
+
 def tiny_bert_config(path, max_position_embeddings=512, vocab_size=None):
     path.write_text(
         json.dumps(
@@ -195,11 +204,7 @@ def test_create_data_checks_inputs_before_starting(workspace, tmp_path):
         ({**env, "PHASES": "3"}, [corpus, out], "expected phases 1 and/or 2"),
         (env, [corpus], "expected INPUT... OUTPUT_DIR"),
     ]
-    for case_env, args, message in cases:
-        result = run(CREATE, *args, env=case_env)
-        assert result.returncode == 2, (message, result.stderr)
-        assert message in result.stderr, (message, result.stderr)
-        assert not out.exists()
+    assert_refused(CREATE, cases, out)
 
 
 def test_create_data_dry_run_deals_files_by_size(workspace, tmp_path):
@@ -300,11 +305,7 @@ def test_pretrain_checks_inputs_before_starting(workspace, tmp_path):
         ({"TF_CONFIG": "{oops"}, [config, data, out], "TF_CONFIG is not a valid cluster"),
         ({}, [config, data], "expected BERT_CONFIG DATA_DIR OUTPUT_DIR"),
     ]
-    for env, args, message in cases:
-        result = run(PRETRAIN, *args, env=env)
-        assert result.returncode == 2, (message, result.stderr)
-        assert message in result.stderr, (message, result.stderr)
-        assert not out.exists()
+    assert_refused(PRETRAIN, cases, out)
 
 
 # ----------------------------------------------------------------------------------------
