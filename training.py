@@ -598,17 +598,25 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------
 
-    def _eval_fn(self, batch):
+    def _eval_fn(self, batch, replica_id: int):
+        """Eval sums of one replica's batch. `replica_id` (a Python int) gives each
+        replica its own trace: a compiled trace captures the variable copies of the
+        replica that traced it, and another replica must not reuse it."""
+        del replica_id
         features = {name: value[0] for name, value in batch.items()}  # K = 1
         return pretraining_sums(self.model, features, training=False)
+
+    def _eval_work(self, batch):
+        context = tf.distribute.get_replica_context()
+        return self._eval_replica(batch, int(tf.get_static_value(context.replica_id_in_sync_group)))
 
     @tf.function(autograph=False)
     def eval_step(self, global_batch: dict) -> dict:
         if self.num_workers > 1:
             # Only the chief evaluates, on its first device: no collective to wait for.
-            return self._eval_replica({name: v[tf.newaxis] for name, v in global_batch.items()})
+            return self._eval_replica({name: v[tf.newaxis] for name, v in global_batch.items()}, 0)
         batch = self._distribute(global_batch, 1)
-        sums = self.strategy.run(self._eval_replica, args=(batch,))
+        sums = self.strategy.run(self._eval_work, args=(batch,))
         return {name: self.strategy.reduce("sum", v, axis=None) for name, v in sums.items()}
 
     def evaluate(self, files: Sequence[str], max_eval_steps: int) -> dict:
