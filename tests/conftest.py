@@ -6,6 +6,7 @@ the same MirroredStrategy code path a 2-GPU workstation runs.
 """
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,6 +19,15 @@ NUM_TEST_CPU_DEVICES = 2
 
 
 def pytest_configure(config):
+    # The stop tests send SIGINT as a terminal's Ctrl-C does. A test run started in the
+    # background by a non-interactive shell (`make test &`, a CI wrapper) inherits SIGINT
+    # ignored, and an ignored signal stays ignored across exec: Python would not install
+    # its KeyboardInterrupt handler and bash cannot trap a signal ignored at entry, so
+    # the programs under test would not stop. A Python handler, unlike SIG_IGN, reverts
+    # to the default in every child at exec: the children start as from a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
     import tensorflow as tf
 
     (cpu,) = tf.config.list_physical_devices("CPU")
