@@ -211,6 +211,12 @@ def global_loss(sums: dict, mlm_count, nsp_count):
     )
 
 
+def _replica_id(context) -> int:
+    """The replica's index among all replicas, as a Python int (known when tracing): a
+    compiled function given it traces once per replica, capturing that replica's variables."""
+    return int(tf.get_static_value(context.replica_id_in_sync_group))
+
+
 def _local_component(variable, local_index: int):
     """This device's copy of a (possibly mirrored) variable."""
     strategy = tf.distribute.get_strategy()
@@ -422,7 +428,7 @@ class Trainer:
     def _replica_work(self, batch, mlm_count, nsp_count, learning_rate, count, loss_scale, step):
         """Everything one replica does in a step; runs under `strategy.run`."""
         context = tf.distribute.get_replica_context()
-        replica_id = int(tf.get_static_value(context.replica_id_in_sync_group))
+        replica_id = _replica_id(context)
         local_index = replica_id % self.local_replicas
         if self.num_workers > 1:
             # Each worker holds only its share of the global batch: count globally.
@@ -607,8 +613,7 @@ class Trainer:
         return pretraining_sums(self.model, features, training=False)
 
     def _eval_work(self, batch):
-        context = tf.distribute.get_replica_context()
-        return self._eval_replica(batch, int(tf.get_static_value(context.replica_id_in_sync_group)))
+        return self._eval_replica(batch, _replica_id(tf.distribute.get_replica_context()))
 
     @tf.function(autograph=False)
     def eval_step(self, global_batch: dict) -> dict:
