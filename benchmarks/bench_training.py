@@ -1,30 +1,45 @@
-"""Training speed: bert-gpu's training step against keras-hub's BertMaskedLM, on the CPU.
+"""Training speed: bert-gpu's training step against keras-hub's BertMaskedLM, CPU or GPU.
 
     make bench-training        # builds .venv-bench (requirements-bench.txt) and runs this
     .venv-bench/bin/python benchmarks/bench_training.py --configs=tiny,mini,small,base \
         --precisions=fp32,bf16 --output=build/bench_training.md
+    # one GPU (benchmarks/gpu/run.sh sets up a GPU machine and runs this):
+    python benchmarks/bench_training.py --device=gpu --configs=base,large \
+        --precisions=bf16,fp16 --batch_size=128 --warm_up_together --gemm_sizes=8192
 
 Both sides train on the same synthetic global batch (random token ids, realistic padding,
 masked positions with weights; same batch, sequence length, predictions and precision),
-as one replica on the CPU, in this script's environment (.venv-bench: keras-hub is not a
-dependency of the project). Each side runs in its own subprocess, so neither sees the
-other's Keras policy or TensorFlow settings; both stay alive and take turns: after a
-warm-up (tracing included) the script alternates timed windows of ours and theirs, so
-machine noise hits both, and reports the median of the windows. In the same run it
-measures the machine's GEMM peak with TensorFlow matmuls (same thread settings) and
-reports each side's model FLOP/s (benchmarks/flops_bert.py: matmul FLOPs, training = 3 ×
-forward) as a percentage of the peak of the matching precision.
+as one replica on the CPU (or, with --device=gpu, on the first GPU), in this script's
+environment (.venv-bench: keras-hub is not a dependency of the project). Each side runs
+in its own subprocess, so neither sees the other's Keras policy or TensorFlow settings;
+both stay alive and take turns: after a warm-up (tracing included) the script alternates
+timed windows of ours and theirs, so machine noise hits both, and reports the median of
+the windows. In the same run it measures the machine's GEMM peak with TensorFlow matmuls
+(same thread settings) and reports each side's model FLOP/s (benchmarks/flops_bert.py:
+matmul FLOPs, training = 3 × forward) as a percentage of the peak of the matching
+precision.
 
 Ours: bert-gpu's `Trainer` (training.py's, through `train_steps`; before training.py,
-run_pretraining_gpu.py's `train_step`) under MirroredStrategy(["/cpu:0"]): masked-LM AND
+run_pretraining_gpu.py's `train_step`) under MirroredStrategy(["/cpu:0"]): masked-LM and
 next-sentence heads, AdamW with clipping to global norm 1.0; `make_our_runner` is the one
 function that knows that API. keras-hub: `BertBackbone` + `BertMaskedLM(preprocessor=None)`
 (masked LM only: it has no next-sentence head), compiled with AdamW (weight decay 0.01,
 epsilon 1e-6, global_clipnorm 1.0) and jit_compile="auto" (on a CPU-only machine Keras
 resolves it to False; the report says what it resolved to) unless --theirs_jit_compile
 says otherwise, trained through its compiled train function on a tf.data iterator, as
-`fit` does. GPUs are hidden from the workers (CUDA_VISIBLE_DEVICES=-1): this measures the
-CPU.
+`fit` does. With --device=cpu (the default) GPUs are hidden from the workers
+(CUDA_VISIBLE_DEVICES=-1); with --device=gpu both sides run on GPU 0 (ours:
+MirroredStrategy(["/gpu:0"]); keras-hub: Keras's default placement, where jit_compile="auto"
+resolves to XLA) and each worker's TensorFlow allocates GPU memory as it grows, so that the
+workers of --warm_up_together fit side by side. fp16 is mixed precision with dynamic loss
+scaling on both sides (ours: --precision=fp16; keras-hub: mixed_float16 and Keras's
+LossScaleOptimizer).
+
+--warm_up_together starts every worker of one model (all precisions, both sides) at once,
+so their tracing and XLA compilation overlap (minutes on a GPU machine), then times the
+rows one after the other as above: no two workers run steps at the same time. The
+warm-up step times are then not alone on the machine, so each worker first runs a few
+steps alone to size its windows.
 
 Prints a markdown report (and writes it to --output): the command, the machine, the GEMM
 peaks, then one row per model and precision.
@@ -68,11 +83,13 @@ CONFIGS = {
     "mini": ModelSize(4, 256, 4, 1024),
     "small": ModelSize(4, 512, 8, 2048),
     "base": ModelSize(12, 768, 12, 3072),
+    "large": ModelSize(24, 1024, 16, 4096),
 }
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 # Keras dtype policy and TensorFlow matmul dtype of each precision.
-KERAS_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
-MATMUL_DTYPE = {"fp32": "float32", "bf16": "bfloat16"}
+KERAS_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+MATMUL_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DEVICES = ("cpu", "gpu")
 
 # Lines a worker writes for the driver start with this; anything else on its stdout is noise.
 MESSAGE_PREFIX = "@@bench "
@@ -186,7 +203,32 @@ def _configure_tensorflow(spec: dict):
         tf.config.threading.set_intra_op_parallelism_threads(spec["intra_op_threads"])
     if spec["inter_op_threads"]:
         tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op_threads"])
+    if spec["device"] == "gpu":
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            raise SystemExit(
+                "--device=gpu: TensorFlow sees no GPU (tf.config.list_physical_devices('GPU') "
+                f"is empty; TensorFlow {tf.__version__}, CUDA build "
+                f"{tf.test.is_built_with_cuda()}): see TensorFlow's log above for why"
+            )
+        for gpu in gpus:  # several workers share the GPU: each takes what it uses
+            tf.config.experimental.set_memory_growth(gpu, True)
     return tf
+
+
+def _device_facts(tf, device: str) -> dict:
+    """The GPU's name and compute capability, and whether fp32 matmuls may use TF32."""
+    if device != "gpu":
+        return {}
+    details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+    capability = details.get("compute_capability")
+    return {
+        "gpu": details.get("device_name", "?")
+        + (f" (compute capability {capability[0]}.{capability[1]})" if capability else ""),
+        "tf32": tf.config.experimental.tensor_float_32_execution_enabled(),
+        "cuda": tf.sysconfig.get_build_info().get("cuda_version"),
+        "cudnn": tf.sysconfig.get_build_info().get("cudnn_version"),
+    }
 
 
 def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[[int], int], dict]:
@@ -247,7 +289,8 @@ def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[
         intermediate_size=size.intermediate_size,
         type_vocab_size=2,
     )
-    trainer = training.Trainer(tf.distribute.MirroredStrategy(["/cpu:0"]), bert_config, config)
+    device = "/gpu:0" if spec["device"] == "gpu" else "/cpu:0"
+    trainer = training.Trainer(tf.distribute.MirroredStrategy([device]), bert_config, config)
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     chunk = getattr(config, "steps_per_loop", 1)
 
@@ -292,6 +335,10 @@ def make_keras_hub_runner(
     optimizer = keras.optimizers.AdamW(
         learning_rate=1e-4, weight_decay=0.01, epsilon=1e-6, global_clipnorm=1.0
     )
+    if spec["precision"] == "fp16":
+        # compile() wraps only when the task model's own policy is mixed_float16; the
+        # backbone's policy is, the task's is the global one: wrap it here.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     jit_compile = {"auto": "auto", "true": True, "false": False}[spec["theirs_jit_compile"]]
     model.compile(optimizer=optimizer, jit_compile=jit_compile)  # loss, metrics: MaskedLM's
     x = {
@@ -322,10 +369,18 @@ def make_keras_hub_runner(
     return run, facts
 
 
-def measure_gemm(precisions: list[str], sizes: list[int], repeats: int) -> dict:
-    """TFLOP/s of square TensorFlow matmuls: {precision: {size: best of `repeats`}}."""
+def measure_gemm(precisions: list[str], sizes: list[int], repeats: int, device: str) -> dict:
+    """TFLOP/s of square TensorFlow matmuls: {precision: {size: best of `repeats`}}.
+
+    On the GPU, fp32 is whatever TensorFlow does by default (TF32 on Ampere and later,
+    as the models' fp32 matmuls do)."""
     import tensorflow as tf
 
+    with tf.device("/gpu:0" if device == "gpu" else "/cpu:0"):
+        return _measure_gemm(tf, precisions, sizes, repeats)
+
+
+def _measure_gemm(tf, precisions: list[str], sizes: list[int], repeats: int) -> dict:
     # The reduction makes the result small to fetch; it is n² work against n³.
     product = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
     result = {}
@@ -361,8 +416,11 @@ def worker_main(spec: dict) -> None:
         tf.config.threading.get_inter_op_parallelism_threads(),
     )
     versions["threads"] = f"intra {threads[0]}, inter {threads[1]} (0: TensorFlow's default)"
+    versions.update(_device_facts(tf, spec["device"]))
     if spec["role"] == "gemm":
-        gemm = measure_gemm(spec["precisions"], spec["gemm_sizes"], spec["gemm_repeats"])
+        gemm = measure_gemm(
+            spec["precisions"], spec["gemm_sizes"], spec["gemm_repeats"], spec["device"]
+        )
         _send({"gemm": gemm, "versions": versions})
         return
     size = CONFIGS[spec["config"]]
@@ -420,8 +478,11 @@ class Worker:
         self.log = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ)
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-        # The benchmark measures the CPU: a GPU would change what jit_compile="auto" means.
-        env["CUDA_VISIBLE_DEVICES"] = "-1"
+        if spec["device"] == "cpu":
+            # This measures the CPU: a GPU would change what jit_compile="auto" means.
+            env["CUDA_VISIBLE_DEVICES"] = "-1"
+        else:
+            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"  # before any worker's first allocation
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE,
@@ -479,44 +540,56 @@ def _worker_spec(args: argparse.Namespace, **fields) -> dict:
             "steps_per_loop",
             "theirs_jit_compile",
             "ours_repo",
+            "device",
         )
     }
     spec.update(fields)
     return spec
 
 
-def benchmark_pair(args: argparse.Namespace, config: str, precision: str) -> dict:
-    """Warms up each selected side, then alternates timed windows; medians in seq/s."""
-    roles = [role for role in ("ours", "theirs") if getattr(args, f"{role}_enabled")]
-    workers, ready, windows = {}, {}, {role: [] for role in roles}
-    try:
-        # One side after the other, so neither's tracing slows the other's warm-up.
+def _receive_ready(worker: Worker, config: str, precision: str) -> dict:
+    ready = worker.receive()
+    _log(
+        f"  {config} {precision} {worker.name}: built in {ready['build_seconds']:.1f} s, "
+        f"first step {ready['first_step_seconds']:.1f} s, "
+        f"then {ready['step_seconds']:.3f} s/step"
+    )
+    return ready
+
+
+def _roles(args: argparse.Namespace) -> list[str]:
+    return [role for role in ("ours", "theirs") if getattr(args, f"{role}_enabled")]
+
+
+def _time_row(
+    args: argparse.Namespace, config: str, precision: str, workers: dict, ready: dict
+) -> dict:
+    """Alternates timed windows of the row's warmed-up workers; medians in seq/s.
+
+    With --warm_up_together the warm-up steps shared the machine with other workers'
+    warm-ups, so each worker first runs --calibration_steps alone to size its windows.
+    """
+    roles = list(workers)
+    step_seconds = {role: ready[role]["step_seconds"] for role in roles}
+    if args.warm_up_together:
         for role in roles:
-            workers[role] = Worker(
-                _worker_spec(args, role=role, config=config, precision=precision)
-            )
-            ready[role] = workers[role].receive()
-            _log(
-                f"  {config} {precision} {role}: built in {ready[role]['build_seconds']:.1f} s, "
-                f"first step {ready[role]['first_step_seconds']:.1f} s, "
-                f"then {ready[role]['step_seconds']:.3f} s/step"
-            )
-        steps = {
-            role: args.steps or max(1, round(args.window_seconds / ready[role]["step_seconds"]))
-            for role in roles
-        }
-        for window in range(args.windows):
-            # Alternate who goes first, so a drift in machine load favours neither.
-            for role in roles if window % 2 == 0 else roles[::-1]:
-                result = workers[role].run(steps[role])
-                windows[role].append(args.batch_size * result["steps"] / result["seconds"])
-            _log(
-                f"  window {window + 1}/{args.windows}: "
-                + ", ".join(f"{role} {windows[role][-1]:.2f} seq/s" for role in roles)
-            )
-    finally:
-        for worker in workers.values():
-            worker.close()
+            result = workers[role].run(args.calibration_steps)
+            step_seconds[role] = result["seconds"] / result["steps"]
+            _log(f"  {config} {precision} {role}: {step_seconds[role]:.4f} s/step alone")
+    steps = {
+        role: args.steps or max(1, round(args.window_seconds / step_seconds[role]))
+        for role in roles
+    }
+    windows = {role: [] for role in roles}
+    for window in range(args.windows):
+        # Alternate who goes first, so a drift in machine load favours neither.
+        for role in roles if window % 2 == 0 else roles[::-1]:
+            result = workers[role].run(steps[role])
+            windows[role].append(args.batch_size * result["steps"] / result["seconds"])
+        _log(
+            f"  window {window + 1}/{args.windows}: "
+            + ", ".join(f"{role} {windows[role][-1]:.2f} seq/s" for role in roles)
+        )
     return {
         "config": config,
         "precision": precision,
@@ -525,6 +598,65 @@ def benchmark_pair(args: argparse.Namespace, config: str, precision: str) -> dic
         "windows": windows,
         "median": {role: statistics.median(windows[role]) for role in roles},
     }
+
+
+def benchmark_pair(args: argparse.Namespace, config: str, precision: str) -> dict:
+    """Warms up each selected side, then alternates timed windows; medians in seq/s."""
+    workers, ready = {}, {}
+    try:
+        # One side after the other, so neither's tracing slows the other's warm-up.
+        for role in _roles(args):
+            workers[role] = Worker(
+                _worker_spec(args, role=role, config=config, precision=precision)
+            )
+            ready[role] = _receive_ready(workers[role], config, precision)
+        return _time_row(args, config, precision, workers, ready)
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def benchmark_together(args: argparse.Namespace, config: str) -> list[dict]:
+    """--warm_up_together: all workers of `config` warm up at once, then each row is timed.
+
+    Returns one row per precision; a row whose worker failed holds "error" instead of
+    timings, and the other rows go on.
+    """
+    workers = {
+        precision: {
+            role: Worker(_worker_spec(args, role=role, config=config, precision=precision))
+            for role in _roles(args)
+        }
+        for precision in args.precisions
+    }
+    rows = []
+    try:
+        ready = {}
+        for precision, pair in workers.items():
+            try:
+                ready[precision] = {
+                    role: _receive_ready(worker, config, precision) for role, worker in pair.items()
+                }
+            except WorkerError as error:
+                _log(str(error))
+                for worker in pair.values():
+                    worker.close()
+        for precision, pair in workers.items():
+            if precision not in ready:
+                rows.append({"config": config, "precision": precision, "error": "see the log"})
+                continue
+            try:
+                rows.append(_time_row(args, config, precision, pair, ready[precision]))
+            except WorkerError as error:
+                _log(str(error))
+                rows.append({"config": config, "precision": precision, "error": "see the log"})
+            for worker in pair.values():  # its memory goes back before the next row
+                worker.close()
+    finally:
+        for pair in workers.values():
+            for worker in pair.values():
+                worker.close()
+    return rows
 
 
 def _percent(flops_per_step: int, seq_per_s: float, batch_size: int, peak_tflops: float) -> str:
@@ -548,7 +680,14 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
         f"Command: `{command}`",
         "",
         f"Machine: {cpu['model']}, {cpu['cores']} cores usable; CPU flags: {flags}. "
-        f"Python {versions.get('python', platform.python_version())}, TensorFlow "
+        + (
+            f"GPU: {versions.get('gpu', '?')}; TensorFlow built for CUDA "
+            f"{versions.get('cuda', '?')}, cuDNN {versions.get('cudnn', '?')}; TF32 for "
+            f"fp32 matmuls: {'on' if versions.get('tf32') else 'off'}. "
+            if args.device == "gpu"
+            else ""
+        )
+        + f"Python {versions.get('python', platform.python_version())}, TensorFlow "
         f"{versions.get('tensorflow', '?')}, Keras {versions.get('keras', '?')}"
         + (f", keras-hub {facts['theirs']['keras_hub']}" if "theirs" in facts else "")
         + f"; TensorFlow threads: {versions.get('threads', '?')}. "
@@ -556,7 +695,9 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
         "",
         f"Settings: global batch {args.batch_size}, sequence length {args.seq_length}, "
         f"{args.predictions} predictions, vocabulary {args.vocab_size:,}, padding "
-        f"{args.padding}; one replica on the CPU; {args.warmup_steps} warm-up steps, then "
+        f"{args.padding}; one replica on the {'GPU' if args.device == 'gpu' else 'CPU'}; "
+        + ("all workers of a model warmed up together; " if args.warm_up_together else "")
+        + f"{args.warmup_steps} warm-up steps, then "
         f"{args.windows} timed windows per side, the sides taking turns, each of "
         + (f"{args.steps} steps" if args.steps else f"about {args.window_seconds:g} s")
         + "; the median window is reported.",
@@ -688,6 +829,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--xla", type=boolean, help="ours: TrainConfig(xla=...) if given and the field exists")
     add("--steps_per_loop", type=int, help="ours: passed if given and TrainConfig has it")
     add("--theirs_jit_compile", choices=("auto", "true", "false"), default="auto")
+    add("--device", choices=DEVICES, default="cpu", help="one replica on the CPU or on GPU 0")
+    add(
+        "--warm_up_together",
+        action="store_true",
+        help="start all workers of a model at once (their compilation overlaps), then time "
+        "the rows one by one; workers must fit in memory side by side",
+    )
+    add("--calibration_steps", type=int, default=5, help="--warm_up_together: steps alone")
     add(
         "--ours_repo",
         default=REPO,
@@ -703,7 +852,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.ours_only and args.theirs_only:
         parser.error("--ours_only and --theirs_only exclude each other")
-    for name in ("batch_size", "seq_length", "predictions", "vocab_size", "windows"):
+    for name in (
+        "batch_size",
+        "seq_length",
+        "predictions",
+        "vocab_size",
+        "windows",
+        "calibration_steps",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name}={getattr(args, name)}: expected a positive integer")
     if args.warmup_steps < 1:
@@ -747,8 +903,12 @@ def main(argv: list[str]) -> int:
         _log(
             f"  GEMM {precision}: " + ", ".join(f"{n}: {t:.3f} TFLOP/s" for n, t in by_size.items())
         )
-    rows, failed = [], False
+    rows = []
     for config in args.configs:
+        if args.warm_up_together:
+            _log(f"{config}: {', '.join(args.precisions)}, warming up together")
+            rows += benchmark_together(args, config)
+            continue
         for precision in args.precisions:
             _log(f"{config} {precision}")
             try:
@@ -756,7 +916,7 @@ def main(argv: list[str]) -> int:
             except WorkerError as error:
                 _log(str(error))
                 rows.append({"config": config, "precision": precision, "error": "see the log"})
-                failed = True
+    failed = any("error" in row for row in rows)
     # How busy the machine was: on a quiet one, about the benchmark's own busy threads
     # (up to the cores); much more means others' work shared the cores.
     cpu["load"] = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
