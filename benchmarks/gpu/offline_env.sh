@@ -27,7 +27,7 @@ if [ ! -e "$site/.complete" ]; then
     else  # Python's zstandard, carried unpacked beside the parts
         cat "$parts"/part-* | python3 -c 'import sys; sys.path.insert(0, sys.argv[1])
 import zstandard
-zstandard.ZstdDecompressor(max_window_size=1 << 27).copy_stream(sys.stdin.buffer, sys.stdout.buffer)' "$parts/zstandard" | tar -x -C "$site"
+zstandard.ZstdDecompressor(max_window_size=1 << 27).copy_stream(sys.stdin.buffer, sys.stdout.buffer)' "$parts" | tar -x -C "$site"
     fi && touch "$site/.complete"
 fi
 echo "offline site: $(du -sh "$site" | cut -f1) in $site"
@@ -37,7 +37,7 @@ mkdir -p "$compat"
 libdirs=$(find /usr/local /opt /usr/lib /usr/lib64 -xdev \
     \( -name 'libcublas.so.*' -o -name 'libcudnn.so.*' -o -name 'libcufft.so.*' \
     -o -name 'libcusolver.so.*' -o -name 'libcusparse.so.*' -o -name 'libcurand.so.*' \
-    -o -name 'libnccl.so.*' -o -name 'libnvJitLink.so.*' -o -name 'libcuda.so.1' \) \
+    -o -name 'libnccl.so.*' -o -name 'libnvJitLink.so.*' \) \
     -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ' ')
 echo "CUDA library folders: $libdirs"
 
