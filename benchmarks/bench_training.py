@@ -60,6 +60,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 import flops_bert
 import numpy as np
@@ -336,8 +337,9 @@ def make_keras_hub_runner(
         learning_rate=1e-4, weight_decay=0.01, epsilon=1e-6, global_clipnorm=1.0
     )
     if spec["precision"] == "fp16":
-        # compile() wraps only when the task model's own policy is mixed_float16; the
-        # backbone's policy is, the task's is the global one: wrap it here.
+        # Dynamic loss scaling. compile() wraps the optimizer itself when the task's policy
+        # is mixed_float16, as keras-hub 0.32's BertMaskedLM takes its backbone's; wrapping
+        # here keeps the comparison fp16 against fp16 should that change.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     jit_compile = {"auto": "auto", "true": True, "false": False}[spec["theirs_jit_compile"]]
     model.compile(optimizer=optimizer, jit_compile=jit_compile)  # loss, metrics: MaskedLM's
@@ -348,18 +350,25 @@ def make_keras_hub_runner(
         "mask_positions": batch["masked_lm_positions"],
     }
     y, sample_weight = batch["masked_lm_ids"], batch["masked_lm_weights"]
-    iterator = iter(tf.data.Dataset.from_tensors((x, y, sample_weight)).repeat())
+    dataset = tf.data.Dataset.from_tensors((x, y, sample_weight)).repeat()
+    iterator = iter(dataset)
 
     def run(steps: int) -> int:
-        start = int(model.optimizer.iterations.numpy())
+        # Steps are counted here, not by the optimizer's `iterations`, which leaves out
+        # the steps fp16's LossScaleOptimizer skips (they take as long as the others; ours
+        # counts them too).
+        done = 0
         if model.train_function is None:
-            # The first step builds the optimizer and the train function; the others go
-            # through that compiled function on a tf.data iterator, as `fit` runs them.
-            model.train_on_batch(x, y, sample_weight=sample_weight)
-        while (done := int(model.optimizer.iterations.numpy()) - start) < steps:
-            for _ in range(steps - done):
-                model.train_function(iterator)
-        return int(model.optimizer.iterations.numpy()) - start
+            # The first step goes through `fit`, which builds the optimizer and compiles
+            # the train function for a dataset iterator; the other steps call that function
+            # on an iterator of the same dataset, as `fit` does, without tracing it again.
+            # (train_on_batch traces it for other arguments: a second compilation, 71-79 s
+            # for BERT-large on a GPU.)
+            model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)
+            done = 1
+        for _ in range(steps - done):
+            model.train_function(iterator)
+        return steps
 
     facts = {
         "jit_compile": f"{spec['theirs_jit_compile']} → {model.jit_compile}",
@@ -497,14 +506,20 @@ class Worker:
             if line.startswith(MESSAGE_PREFIX):
                 return json.loads(line[len(MESSAGE_PREFIX) :])
             self.log.write(line)
+        self._died()
+
+    def _died(self) -> NoReturn:
         self.process.wait()
         self.log.seek(0)
         tail = "".join(self.log.readlines()[-25:])
         raise WorkerError(f"{self.name} worker exited ({self.process.returncode}):\n{tail}")
 
     def run(self, steps: int) -> dict:
-        self.process.stdin.write(f"run {steps}\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(f"run {steps}\n")
+            self.process.stdin.flush()
+        except OSError:  # a worker that died while it waited for its turn
+            self._died()
         return self.receive()
 
     def close(self) -> None:
@@ -622,15 +637,13 @@ def benchmark_together(args: argparse.Namespace, config: str) -> list[dict]:
     Returns one row per precision; a row whose worker failed holds "error" instead of
     timings, and the other rows go on.
     """
-    workers = {
-        precision: {
-            role: Worker(_worker_spec(args, role=role, config=config, precision=precision))
-            for role in _roles(args)
-        }
-        for precision in args.precisions
-    }
+    workers = {precision: {} for precision in args.precisions}
     rows = []
     try:
+        for precision, pair in workers.items():
+            for role in _roles(args):
+                spec = _worker_spec(args, role=role, config=config, precision=precision)
+                pair[role] = Worker(spec)
         ready = {}
         for precision, pair in workers.items():
             try:
@@ -703,7 +716,8 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
         + "; the median window is reported.",
     ]
     if "ours" in facts:
-        used = facts["ours"]["config"]
+        # Precision is each row's own.
+        used = {k: v for k, v in facts["ours"]["config"].items() if k != "precision"}
         lines.append(
             f"Ours: `{facts['ours']['module']}.Trainer`"
             + (", TrainConfig " + ", ".join(f"{k}={v!r}" for k, v in used.items()) if used else "")
@@ -836,7 +850,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="start all workers of a model at once (their compilation overlaps), then time "
         "the rows one by one; workers must fit in memory side by side",
     )
-    add("--calibration_steps", type=int, default=5, help="--warm_up_together: steps alone")
+    add("--calibration_steps", type=int, help="--warm_up_together: steps alone (default 5)")
     add(
         "--ours_repo",
         default=REPO,
@@ -852,6 +866,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.ours_only and args.theirs_only:
         parser.error("--ours_only and --theirs_only exclude each other")
+    if args.calibration_steps is not None and not args.warm_up_together:
+        parser.error("--calibration_steps: only used with --warm_up_together")
+    if args.calibration_steps is None:
+        args.calibration_steps = 5
     for name in (
         "batch_size",
         "seq_length",

@@ -39,11 +39,13 @@ libdirs=$(find /usr/local /opt /usr/lib /usr/lib64 -xdev \
     -o -name 'libcusolver.so.*' -o -name 'libcusparse.so.*' -o -name 'libcurand.so.*' \
     -o -name 'libnccl.so.*' -o -name 'libnvJitLink.so.*' \) \
     -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ' ')
-echo "CUDA library folders: $libdirs"
+libdirs=${libdirs% }
+echo "CUDA library folders: ${libdirs:-none found}"
 
 _link() {  # _link NAME CANDIDATE...: NAME in $compat points to the first candidate found
     local name=$1 candidate found
     shift
+    [ -n "$libdirs" ] || return 0  # (find with no folder would search the current one)
     for candidate in "$@"; do
         # shellcheck disable=SC2086
         found=$(find $libdirs -maxdepth 1 -name "$candidate" 2>/dev/null | sort -V | tail -n 1)
@@ -71,6 +73,7 @@ for lib in libcudnn.so.9 libcudnn_graph.so.9 libcudnn_ops.so.9 libcudnn_cnn.so.9
 done
 
 export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
-export LD_LIBRARY_PATH=$compat:$site/nvidia/cuda_runtime/lib:$(echo "$libdirs" | tr ' ' ':')${LD_LIBRARY_PATH:-}
+LD_LIBRARY_PATH=$compat:$site/nvidia/cuda_runtime/lib${libdirs:+:${libdirs// /:}}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LD_LIBRARY_PATH
 export PATH=$site/nvidia/cuda_nvcc/bin:$PATH
 export XLA_FLAGS="--xla_gpu_cuda_data_dir=$site/nvidia/cuda_nvcc${XLA_FLAGS:+ $XLA_FLAGS}"

@@ -8,7 +8,7 @@
 # machine without a package index). Each step runs under its own time limit (NAME_LIMIT
 # seconds in the environment overrides it, e.g. BASE_LIMIT=400) and writes its log and
 # report under OUTPUT_DIR; a failed step does not stop the next one, except the probe.
-# Prints the reports last. The steps:
+# Prints the reports last, and exits 1 if a step failed. The steps:
 #
 # probe     the GPU TensorFlow sees, and a matmul in each precision (and one under XLA)
 #           against NumPy in float64 (benchmarks/gpu/probe.py); the others need it to pass.
@@ -16,8 +16,8 @@
 # base      and fp16, ours against keras-hub's BertMaskedLM (base: batch 128); all workers
 #           of a model compile together, then are timed one at a time. On an H200 with 16
 #           CPU cores the compiling took 135-152 s for large (2026-11-26), the timing 40 s.
-# demo      the demo's pretraining (make pretrain's data and flags) on the GPU for 400 steps
-#           with --precision=bf16: the command line, checkpoints and eval on a real GPU.
+# demo      `make pretrain` (the demo: its data, 800 steps, checkpoints, evals) with this
+#           Python, on the GPU, with --precision=bf16, into OUTPUT_DIR/demo.
 # cpu_bf16  only where the host CPU has bf16 matrix instructions (AMX or AVX512-BF16):
 #           bench_training.py on the host CPU, small and base, fp32 and bf16 (the speed
 #           issue's CPU bf16 goal: bf16 at least 1.6× our fp32, and ahead of keras-hub).
@@ -43,8 +43,10 @@ step() {  # step NAME SECONDS COMMAND...: runs it with a limit, logs to OUTPUT_D
     timeout --signal=TERM --kill-after=20 "$limit" "$@" >"$out/$name.log" 2>&1
     rc=$?
     echo "== $name: exit $rc after $(($(date +%s) - start)) s"
+    [ "$rc" = 0 ] || failed+=("$name")
     return $rc
 }
+failed=()
 
 if wanted probe; then
     step probe 120 "$py" benchmarks/gpu/probe.py || {
@@ -69,26 +71,11 @@ if wanted base; then
 fi
 
 if wanted demo; then
-    demo=$out/demo
-    mkdir -p "$demo"
-    awk -v dir="$demo" 'BEGIN { RS = ""; ORS = "\n\n" }
-        NR <= 36 { print > (dir "/train.txt") } NR > 36 { print > (dir "/heldout.txt") }' \
-        sample_text.txt
-    step demo 120 bash -c "
-        CUDA_VISIBLE_DEVICES= $py create_pretraining_data.py --input_file=$demo/train.txt \
-            --vocab_file=vocab.txt --output_file=$demo/train.tfrecord --max_seq_length=128 \
-            --max_predictions_per_seq=20 --dupe_factor=10 &&
-        CUDA_VISIBLE_DEVICES= $py create_pretraining_data.py --input_file=$demo/heldout.txt \
-            --vocab_file=vocab.txt --output_file=$demo/heldout.tfrecord --max_seq_length=128 \
-            --max_predictions_per_seq=20 --dupe_factor=2 --random_seed=54321 &&
-        $py run_pretraining_gpu.py --input_file=$demo/train.tfrecord \
-            --eval_input_file=$demo/heldout.tfrecord --output_dir=$demo/pretrain \
-            --bert_config_file=bert_config.json --do_train --do_eval --num_gpus=1 \
-            --precision=bf16 --batch_size=16 --num_train_steps=400 --num_warmup_steps=40 \
-            --learning_rate=1e-3 --save_checkpoints_steps=200 --eval_every_n_steps=200 \
-            --log_every_n_steps=100 --max_eval_steps=0"
+    # -o: the Makefile's .venv is neither needed nor built; PY is the Python that runs it.
+    step demo 150 make -o .venv/.installed pretrain PY="$py" DEMO="$out/demo" \
+        DEMO_DEVICES=--precision=bf16
     grep -v -E '^(W|I|E)0000' "$out/demo.log" | tail -n 25
-    rm -rf "$demo"/*.tfrecord "$demo"/pretrain/model.ckpt-*
+    rm -rf "$out"/demo/*.tfrecord "$out"/demo/pretrain/model.ckpt-*
 fi
 
 if wanted cpu_bf16; then
@@ -106,3 +93,7 @@ for report in "${reports[@]}"; do
     echo "== $report"
     if [ -f "$out/$report.md" ]; then cat "$out/$report.md"; else tail -n 30 "$out/$report.log"; fi
 done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "failed: ${failed[*]} (logs in $out)"
+    exit 1
+fi
