@@ -233,7 +233,7 @@ def _device_facts(tf, device: str) -> dict:
 
 
 def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[[int], int], dict]:
-    """Builds bert-gpu's trainer on one CPU replica; returns (run, facts).
+    """Builds bert-gpu's trainer on one replica (the CPU, or GPU 0); returns (run, facts).
 
     `run(n)` trains n steps on `batch` (the global batch, repeated) and returns the number
     of steps taken, read from the trainer's step counter.
