@@ -50,7 +50,7 @@ def free_ports(count):
     return ports
 
 
-def arguments(workspace, output_dir, config="drop", batch_size=4, **extra):
+def arguments(workspace, output_dir, config="drop", batch_size=4, xla=False, **extra):
     flags = dict(
         input_file=workspace["shards"],
         output_dir=output_dir,
@@ -65,7 +65,7 @@ def arguments(workspace, output_dir, config="drop", batch_size=4, **extra):
         shuffle_buffer=100,
     )
     flags.update(extra)
-    return ["--do_train", "--noxla", *(f"--{k}={v}" for k, v in flags.items())]
+    return ["--do_train", "--xla" if xla else "--noxla", *(f"--{k}={v}" for k, v in flags.items())]
 
 
 class Cluster:
@@ -196,6 +196,28 @@ def test_two_workers_with_two_replicas_each_train_like_one_device_with_the_whole
     assert cluster.finish() == [0, 0], cluster.log(0)[-3000:]
     assert "2 worker(s) × 2 replica(s) = 4 replica(s)" in cluster.log(1)
     assert "2 per replica × 4 replica(s) (2 workers × 2) = 8 global" in cluster.log(0)
+    final = checkpoint_tensors(tf.train.latest_checkpoint(str(out)))
+    expected = single_process(workspace, tmp_path / "single", 1, config="nodrop", batch_size=8)
+    assert_same_weights(final, expected)
+
+
+def test_two_workers_with_xla_and_accumulation_train_like_one_device_with_the_whole_batch(
+    workspace, tmp_path
+):
+    # The defaults of a multi-machine run (XLA on) with accumulation: each worker's
+    # replica compiles its micro-batch loop and its update as two clusters, with the
+    # all-reduce between the processes in between. 2 workers × 2 micro-batches × 2
+    # examples, dropout 0, against one uncompiled device with the 8 examples. XLA fuses
+    # and reorders float32 operations, which stays within the summation-order rounding
+    # assert_same_weights allows (as for XLA against no XLA in test_training).
+    out = tmp_path / "cluster"
+    cluster = Cluster(
+        workspace, out, tmp_path, config="nodrop", batch_size=2, xla=True,
+        gradient_accumulation_steps=2,
+    )  # fmt: skip
+    assert cluster.finish() == [0, 0], cluster.log(0)[-3000:]
+    assert "XLA" in cluster.log(0) and "no XLA" not in cluster.log(0)
+    assert "= 8 global" in cluster.log(0), cluster.log(0)[-3000:]
     final = checkpoint_tensors(tf.train.latest_checkpoint(str(out)))
     expected = single_process(workspace, tmp_path / "single", 1, config="nodrop", batch_size=8)
     assert_same_weights(final, expected)
