@@ -206,7 +206,7 @@ def test_two_workers_with_xla_and_accumulation_train_like_one_device_with_the_wh
 ):
     # The defaults of a multi-machine run (XLA on) with accumulation: each worker's
     # replica compiles its micro-batch loop and its update as two clusters, with the
-    # all-reduce between the processes in between. 2 workers × 2 micro-batches × 2
+    # all-reduce across the two processes in between. 2 workers × 2 micro-batches × 2
     # examples, dropout 0, against one uncompiled device with the 8 examples. XLA fuses
     # and reorders float32 operations, which stays within the summation-order rounding
     # assert_same_weights allows (as for XLA against no XLA in test_training).
