@@ -223,12 +223,13 @@ def _device_facts(tf, device: str) -> dict:
         return {}
     details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
     capability = details.get("compute_capability")
+    build = tf.sysconfig.get_build_info()
     return {
         "gpu": details.get("device_name", "?")
         + (f" (compute capability {capability[0]}.{capability[1]})" if capability else ""),
         "tf32": tf.config.experimental.tensor_float_32_execution_enabled(),
-        "cuda": tf.sysconfig.get_build_info().get("cuda_version"),
-        "cudnn": tf.sysconfig.get_build_info().get("cudnn_version"),
+        "cuda": build.get("cuda_version"),
+        "cudnn": build.get("cudnn_version"),
     }
 
 
@@ -490,8 +491,6 @@ class Worker:
         if spec["device"] == "cpu":
             # This measures the CPU: a GPU would change what jit_compile="auto" means.
             env["CUDA_VISIBLE_DEVICES"] = "-1"
-        else:
-            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"  # before any worker's first allocation
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE,

@@ -32,6 +32,13 @@ def relative_error(result, reference) -> float:
     return float(np.linalg.norm(result - reference) / np.linalg.norm(reference))
 
 
+def within(label: str, error: float, bound: float) -> bool:
+    """Prints one check's line; True when `error` is finite and under `bound`."""
+    good = bool(np.isfinite(error) and error < bound)
+    print(f"{label}: relative error {error:.2e} (bound {bound:.1e}){'' if good else '  WRONG'}")
+    return good
+
+
 def main(argv: list[str]) -> int:
     device = "/cpu:0" if argv == ["--cpu"] else "/gpu:0"
     info = tf.sysconfig.get_build_info()
@@ -55,26 +62,14 @@ def main(argv: list[str]) -> int:
         for dtype, roundoff in OPERAND_ROUNDOFF.items():
             product = tf.matmul(tf.constant(a, dtype), tf.constant(b, dtype))
             error = relative_error(tf.cast(product, tf.float64), a @ b)
-            bound = ERROR_BOUND * roundoff
-            good = np.isfinite(error) and error < bound
-            ok &= good
-            print(
-                f"matmul {dtype}: relative error {error:.2e} (bound {bound:.1e})"
-                f"{'' if good else '  WRONG'}"
-            )
+            ok &= within(f"matmul {dtype}", error, ERROR_BOUND * roundoff)
         compiled = tf.function(lambda x, y: tf.nn.gelu(tf.matmul(x, y)), jit_compile=True)
         result = compiled(tf.constant(a, tf.float32), tf.constant(b, tf.float32))
         product = a @ b
         reference = 0.5 * product * (1 + np.vectorize(math.erf)(product / 2**0.5))
         error = relative_error(result, reference)
         # GELU's slope is at most about 1.13, so it passes the product's error on.
-        bound = ERROR_BOUND * OPERAND_ROUNDOFF["float32"]
-        good = np.isfinite(error) and error < bound
-        ok &= good
-        print(
-            f"xla matmul+gelu float32: relative error {error:.2e} (bound {bound:.1e})"
-            f"{'' if good else '  WRONG'}"
-        )
+        ok &= within("xla matmul+gelu float32", error, ERROR_BOUND * OPERAND_ROUNDOFF["float32"])
     return 0 if ok else 1
 
 
