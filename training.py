@@ -276,8 +276,12 @@ class Trainer:
         # The initial weights are a function of --seed.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
+            # Hash masks cost XLA a fused integer hash per element, Philox masks a whole
+            # inline Philox block; without XLA, TensorFlow's Philox kernel is the faster.
             self.model = modeling.BertPretrainingModel(
-                bert_config, dtype=PRECISION_POLICIES[config.precision]
+                bert_config,
+                dtype=PRECISION_POLICIES[config.precision],
+                dropout_masks="hash" if config.xla else "philox",
             )
             self.model.build_weights()
             names = modeling.original_name_map(self.model)

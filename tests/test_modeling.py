@@ -212,6 +212,24 @@ def test_gelu_variants_match_their_formulas():
         modeling.get_activation("swish")
 
 
+@pytest.mark.parametrize("name, formula", [("gelu", nb.gelu_tanh), ("gelu_exact", nb.gelu_erf)])
+def test_gelu_gradients_match_finite_differences(name, formula):
+    # The GELUs' derivatives are written by hand (tf.custom_gradient); check them against
+    # central differences of the NumPy formulas, in float64. Step h = 1e-5: truncation
+    # h²/6·max|f‴| ≤ 1e-10, rounding about u64·(1 + |x|)/h ≤ 1e-10 for |x| ≤ 6: 1e-8 is a
+    # safe bound, and a wrong derivative term (e.g. a dropped 3·0.044715·x²) errs by 1e-2.
+    x = np.linspace(-6.0, 6.0, 241)
+    h = 1e-5
+    numeric = (formula(x + h) - formula(x - h)) / (2 * h)
+    upstream = np.linspace(-2.0, 3.0, x.size)  # the incoming gradient multiplies through
+    xs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        y = modeling.get_activation(name)(xs)
+    analytic = tape.gradient(y, xs, output_gradients=tf.constant(upstream)).numpy()
+    np.testing.assert_allclose(analytic, upstream * numeric, rtol=0, atol=3 * 1e-8)
+
+
 def test_hidden_act_reaches_the_model():
     config = tiny_config(hidden_act="gelu_exact")
     model = built_model(config)
@@ -548,21 +566,71 @@ def test_dropout_sites_are_distinct(model_and_weights):
     assert len(set(sites)) == len(sites)
 
 
-def test_stateless_dropout_rate_and_scaling():
-    layer = modeling.StatelessDropout(0.3, site=5)
-    x = tf.ones([20000])
+@pytest.mark.parametrize("masks", modeling.DROPOUT_MASKS)
+def test_stateless_dropout_rate_scaling_and_independence(masks):
+    layer = modeling.StatelessDropout(0.3, site=5, masks=masks)
+    x = tf.ones([200, 100])
     y = layer(x, training=True, dropout_seed=SEED).numpy()
-    # n = 20000 Bernoulli(0.3) draws: the dropped fraction has std sqrt(0.3·0.7/n) = 0.0032;
-    # allow 5 of them (a wrong rate, e.g. the keep rate 0.7, is 120 of them away).
-    n = x.shape[0]
-    assert abs((y == 0).mean() - 0.3) <= 5 * math.sqrt(0.3 * 0.7 / n)
+    dropped = y == 0
+
+    def near(fraction, p, count):
+        # `count` Bernoulli(p) draws: the fraction has std sqrt(p·(1 − p)/count); allow 5.
+        return abs(fraction - p) <= 5 * math.sqrt(p * (1 - p) / count)
+
+    # n = 20000 draws, std 0.0032 (a wrong rate, e.g. the keep rate 0.7, is 120 std away).
+    n = dropped.size
+    assert near(dropped.mean(), 0.3, n)
     # 1·1·(1/0.7): at most two float32 roundings (of 1/(1 - rate), however it is formed).
-    np.testing.assert_allclose(y[y != 0], 1 / 0.7, rtol=2 * nb.U32)
+    np.testing.assert_allclose(y[~dropped], 1 / 0.7, rtol=2 * nb.U32)
+    # Neighbours (along a row, and the same column of the next row) are both dropped
+    # with probability 0.3² = 0.09 when independent; an index that leaked into the bits
+    # unmixed would correlate them.
+    assert near((dropped[:, 1:] & dropped[:, :-1]).mean(), 0.09, dropped[:, 1:].size)
+    assert near((dropped[1:] & dropped[:-1]).mean(), 0.09, dropped[1:].size)
     # Independent masks differ at a fraction 2·0.3·0.7 = 0.42 of the units (std 0.0035);
-    # masks shared between sites would differ nowhere.
-    other_site = modeling.StatelessDropout(0.3, site=6)(x, training=True, dropout_seed=SEED)
-    differ = ((other_site.numpy() == 0) != (y == 0)).mean()
-    assert abs(differ - 0.42) <= 5 * math.sqrt(0.42 * 0.58 / n)
+    # masks shared between sites, or between seeds, would differ nowhere.
+    for site, seed in ((6, SEED), (5, SEED + [0, 1]), (5, SEED + [1, 0])):
+        other = modeling.StatelessDropout(0.3, site=site, masks=masks)
+        differ = (other(x, training=True, dropout_seed=seed).numpy() == 0) != dropped
+        assert near(differ.mean(), 0.42, n), (site, seed)
+
+
+def numpy_hash_bits(shape, key):
+    """modeling.hash_mask_bits in NumPy, given its key words (k0, k1): uint32 arithmetic."""
+
+    def mix(x):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+    k0, k1 = key
+    index = np.arange(np.prod(shape), dtype=np.uint32)
+    return mix(mix(index + k0) ^ k1).reshape(shape)
+
+
+def test_hash_masks_match_a_numpy_reference_with_and_without_xla():
+    rate = 0.1
+    layer = modeling.StatelessDropout(rate, site=7, masks="hash")
+    x = tf.constant(np.random.default_rng(3).normal(size=(4, 3, 5, 6)), tf.float32)
+    # The key words: two full-range uint32 Philox draws from the site's folded-in seed.
+    site_seed = tf.random.experimental.stateless_fold_in(SEED, 7, alg="philox")
+    key = tf.random.stateless_uniform([2], site_seed, None, None, tf.uint32, alg="philox").numpy()
+    keep = numpy_hash_bits(x.shape, key) >= np.uint32(round(rate * 2**32))
+    # x·keep·(1/(1 − rate)): the product with keep (0 or 1) is exact, the other rounds
+    # once, and 1/0.9 is itself rounded: two roundings.
+    expected = x.numpy() * keep * np.float32(1 / (1 - rate))
+    eager = layer(x, training=True, dropout_seed=SEED).numpy()
+    compiled = tf.function(lambda x: layer(x, training=True, dropout_seed=SEED), jit_compile=True)(
+        x
+    ).numpy()
+    for y in (eager, compiled):
+        np.testing.assert_array_equal(y == 0, ~keep)
+        np.testing.assert_allclose(y, expected, rtol=2 * nb.U32, atol=0)
+    assert 0 < (~keep).sum() < keep.size  # this seed drops some units, not all
+    with pytest.raises(ValueError, match="masks='cheap'"):
+        modeling.StatelessDropout(rate, site=7, masks="cheap")
 
 
 # ---------------------------------------------------------------------------------------
