@@ -1,5 +1,6 @@
-"""What the command-line scripts share: a TensorFlow import that prints nothing, and a
-test for the processes whose stale temporary files a new run may remove.
+"""What the command-line scripts share: a TensorFlow import that prints nothing and sets
+TensorFlow's environment up, and a test for the processes whose stale temporary files a
+new run may remove.
 
 Importing TensorFlow writes C++ log lines to stderr before any Python logging is set up
 ("All log messages before absl::InitializeLog() ...", CPU-feature and oneDNN notices);
@@ -31,8 +32,32 @@ def wants_verbose(argv: Sequence[str]) -> bool:
     return any(arg.startswith(("--verbosity", "-v")) for arg in argv[1:])
 
 
+def tensorflow_environment() -> dict[str, str]:
+    """Environment variables TensorFlow reads when it loads, as the scripts set them.
+
+    TF_CPU_ALLOCATOR_USE_BFC: TensorFlow's default CPU allocator hands every large buffer
+    back to the system when it is freed, so each XLA step maps its multi-GB scratch buffer
+    afresh and page-faults all of it in again (310,000 faults and 1 s of kernel time a
+    step at BERT-small on 2 cores); the BFC allocator keeps the memory it grew to and
+    reuses it (300 faults a step; the step 1.1-1.2× as fast). Its own cap, 64 GB unless
+    TF_CPU_BFC_MEM_LIMIT_IN_MB says otherwise, is raised to the machine's memory.
+    """
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return {"TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPU_BFC_MEM_LIMIT_IN_MB": str(memory_mb)}
+
+
+def prepare_tensorflow_environment() -> None:
+    """Sets the variables of `tensorflow_environment` that the user has not set.
+
+    Call it before TensorFlow loads (`import_tensorflow` does).
+    """
+    for name, value in tensorflow_environment().items():
+        os.environ.setdefault(name, value)
+
+
 def import_tensorflow(argv: Sequence[str] = sys.argv):
     """Imports TensorFlow quietly (see the module docstring); returns the module."""
+    prepare_tensorflow_environment()
     if wants_verbose(argv):
         import tensorflow
 

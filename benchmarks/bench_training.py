@@ -197,6 +197,26 @@ def model_flops(size: ModelSize, args: argparse.Namespace, next_sentence_head: b
 # Worker side: each runs in its own process, imports TensorFlow, talks over stdin/stdout
 
 
+def _prepare_environment(spec: dict) -> str:
+    """Sets the variables TensorFlow reads at load for this worker's side; describes them.
+
+    Ours gets what bert-gpu's scripts set (`cli.prepare_tensorflow_environment`, where the
+    checkout has it); keras-hub runs on TensorFlow's defaults, or with the BFC CPU
+    allocator too under --theirs_cpu_bfc. Variables already in the environment stay.
+    """
+    if spec["role"] == "ours":
+        try:
+            import cli
+        except ModuleNotFoundError:
+            cli = None
+        if hasattr(cli, "prepare_tensorflow_environment"):
+            cli.prepare_tensorflow_environment()
+    elif spec["role"] == "theirs" and spec["theirs_cpu_bfc"]:
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+    bfc = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
+    return "CPU allocator " + ("BFC (TF_CPU_ALLOCATOR_USE_BFC=true)" if bfc else "default")
+
+
 def _configure_tensorflow(spec: dict):
     import tensorflow as tf
 
@@ -416,6 +436,7 @@ def _send(message: dict) -> None:
 def worker_main(spec: dict) -> None:
     """A worker: builds its side, warms up, then runs timed windows on request."""
     sys.path.insert(0, spec.get("ours_repo") or REPO)
+    environment = _prepare_environment(spec)
     tf = _configure_tensorflow(spec)
     versions = {"tensorflow": tf.__version__, "python": platform.python_version()}
     import keras
@@ -445,6 +466,7 @@ def worker_main(spec: dict) -> None:
     make_runner = make_our_runner if spec["role"] == "ours" else make_keras_hub_runner
     start = time.perf_counter()
     run, facts = make_runner(size, batch, spec)
+    facts["environment"] = environment
     build_seconds = time.perf_counter() - start
     warmup = []
     for _ in range(spec["warmup_steps"]):
@@ -553,6 +575,7 @@ def _worker_spec(args: argparse.Namespace, **fields) -> dict:
             "xla",
             "steps_per_loop",
             "theirs_jit_compile",
+            "theirs_cpu_bfc",
             "ours_repo",
             "device",
         )
@@ -721,12 +744,16 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
             f"Ours: `{facts['ours']['module']}.Trainer`"
             + (", TrainConfig " + ", ".join(f"{k}={v!r}" for k, v in used.items()) if used else "")
             + "".join(f"; {note}" for note in facts["ours"]["notes"])
-            + "; masked-LM and next-sentence heads, AdamW clipped to global norm 1.0."
+            + "; masked-LM and next-sentence heads, AdamW clipped to global norm 1.0; "
+            + facts["ours"].get("environment", "CPU allocator not recorded")
+            + "."
         )
     if "theirs" in facts:
         lines.append(
             f"keras-hub: jit_compile {facts['theirs']['jit_compile']}, AdamW with "
-            "global_clipnorm 1.0, no next-sentence head."
+            "global_clipnorm 1.0, no next-sentence head; "
+            + facts["theirs"].get("environment", "CPU allocator not recorded")
+            + "."
         )
     peaks = {}
     if gemm:
@@ -842,6 +869,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--xla", type=boolean, help="ours: TrainConfig(xla=...) if given and the field exists")
     add("--steps_per_loop", type=int, help="ours: passed if given and TrainConfig has it")
     add("--theirs_jit_compile", choices=("auto", "true", "false"), default="auto")
+    add(
+        "--theirs_cpu_bfc",
+        action="store_true",
+        help="keras-hub with the BFC CPU allocator bert-gpu's scripts set "
+        "(TF_CPU_ALLOCATOR_USE_BFC=true); default: TensorFlow's allocator, as keras-hub runs",
+    )
     add("--device", choices=DEVICES, default="cpu", help="one replica on the CPU or on GPU 0")
     add(
         "--warm_up_together",
