@@ -405,8 +405,10 @@ class StatelessDropout(keras.layers.Layer):
         if self.masks == "hash":
             if x.shape.num_elements() is not None and x.shape.num_elements() >= 2**31:
                 raise ValueError(
-                    f"Dropout '{self.path}': {x.shape.num_elements()} elements, more than "
-                    "the 2³¹ − 1 that hash masks number; use masks='philox'."
+                    f"Dropout '{self.path}': {x.shape.num_elements()} elements in one mask, "
+                    "more than the 2³¹ − 1 that hash masks (XLA's) can number. Lower "
+                    "--batch_size (and raise --gradient_accumulation_steps to keep the "
+                    "effective batch), or train without XLA (--noxla)."
                 )
             threshold = tf.constant(min(round(self.rate * 2**32), 2**32 - 1), tf.uint32)
             keep = hash_mask_bits(tf.shape(x), seed) >= threshold

@@ -631,6 +631,12 @@ def test_hash_masks_match_a_numpy_reference_with_and_without_xla():
     assert 0 < (~keep).sum() < keep.size  # this seed drops some units, not all
     with pytest.raises(ValueError, match="masks='cheap'"):
         modeling.StatelessDropout(rate, site=7, masks="cheap")
+    # A mask of 2³¹ elements would wrap the int32 index: refused when traced (nothing of
+    # that size is allocated to find out).
+    huge = tf.TensorSpec([2**16, 2**15], tf.float32)
+    step = tf.function(lambda x: layer(x, training=True, dropout_seed=SEED))
+    with pytest.raises(ValueError, match="2147483648 elements in one mask.*--batch_size"):
+        step.get_concrete_function(huge)
 
 
 # ---------------------------------------------------------------------------------------
