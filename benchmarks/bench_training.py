@@ -33,7 +33,9 @@ MirroredStrategy(["/gpu:0"]); keras-hub: Keras's default placement, where jit_co
 resolves to XLA) and each worker's TensorFlow allocates GPU memory as it grows, so that the
 workers of --warm_up_together fit side by side. fp16 is mixed precision with dynamic loss
 scaling on both sides (ours: --precision=fp16; keras-hub: mixed_float16 and Keras's
-LossScaleOptimizer).
+LossScaleOptimizer). Ours' worker loads TensorFlow with the environment bert-gpu's scripts
+set (cli.tensorflow_environment: the BFC CPU allocator); keras-hub's with TensorFlow's
+defaults, as a keras-hub user runs it, or with the same allocator under --theirs_cpu_bfc.
 
 --warm_up_together starts every worker of one model (all precisions, both sides) at once,
 so their tracing and XLA compilation overlap (minutes on a GPU machine), then times the
