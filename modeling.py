@@ -403,9 +403,10 @@ class StatelessDropout(keras.layers.Layer):
             )
         seed = tf.random.experimental.stateless_fold_in(dropout_seed, self.site, alg="philox")
         if self.masks == "hash":
-            if x.shape.num_elements() is not None and x.shape.num_elements() >= 2**31:
+            count = x.shape.num_elements()
+            if count is not None and count >= 2**31:
                 raise ValueError(
-                    f"Dropout '{self.path}': {x.shape.num_elements()} elements in one mask, "
+                    f"Dropout '{self.path}': {count} elements in one mask, "
                     "more than the 2³¹ − 1 that hash masks (XLA's) can number. Lower "
                     "--batch_size (and raise --gradient_accumulation_steps to keep the "
                     "effective batch), or train without XLA (--noxla)."

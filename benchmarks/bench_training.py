@@ -202,19 +202,24 @@ def model_flops(size: ModelSize, args: argparse.Namespace, next_sentence_head: b
 def _prepare_environment(spec: dict) -> str:
     """Sets the variables TensorFlow reads at load for this worker's side; describes them.
 
-    Ours gets what bert-gpu's scripts set (`cli.prepare_tensorflow_environment`, where the
-    checkout has it); keras-hub runs on TensorFlow's defaults, or with the BFC CPU
-    allocator too under --theirs_cpu_bfc. Variables already in the environment stay.
+    Ours gets what bert-gpu's scripts set (`cli.prepare_tensorflow_environment` of the
+    checkout being measured, where it has one); keras-hub runs on TensorFlow's defaults,
+    or under --theirs_cpu_bfc with what this checkout's scripts set. Variables already in
+    the environment stay.
     """
     if spec["role"] == "ours":
         try:
-            import cli
+            import cli  # the measured checkout's: it is first on sys.path
         except ModuleNotFoundError:
             cli = None
-        if hasattr(cli, "prepare_tensorflow_environment"):
-            cli.prepare_tensorflow_environment()
     elif spec["role"] == "theirs" and spec["theirs_cpu_bfc"]:
-        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+        path = os.path.join(REPO, "cli.py")
+        cli = importlib.util.module_from_spec(importlib.util.spec_from_file_location("cli", path))
+        cli.__spec__.loader.exec_module(cli)
+    else:
+        cli = None
+    if hasattr(cli, "prepare_tensorflow_environment"):
+        cli.prepare_tensorflow_environment()
     bfc = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
     return "CPU allocator " + ("BFC (TF_CPU_ALLOCATOR_USE_BFC=true)" if bfc else "default")
 
