@@ -151,7 +151,9 @@ def define_flags() -> None:
     flags.DEFINE_bool(
         "xla",
         d["xla"].default,
-        "Compile each replica's forward, backward and update with XLA (--noxla: off).",
+        "Compile each replica's forward, backward and update with XLA (--noxla: off). "
+        "Default: on, except bf16 on CPUs with AMX or AVX512-BF16 (TensorFlow's own "
+        "matmuls use them, XLA's do not); a resumed run keeps the mode it started with.",
     )
     flags.DEFINE_integer(
         "gradient_accumulation_steps",

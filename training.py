@@ -92,7 +92,7 @@ class TrainConfig:
     seed: int = 12345
     # Speed
     precision: str = "fp32"
-    xla: bool = True
+    xla: bool | None = None  # None: the fastest for the hardware (default_xla), or the run's
     gradient_accumulation_steps: int = 1
     steps_per_loop: int = 100
     # Optimizer
@@ -170,6 +170,41 @@ class TrainConfig:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def cpu_has_bf16_matmul(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this machine's CPU multiplies bfloat16 matrices in hardware (AMX or
+    AVX512-BF16), from the flags line of `cpuinfo`; False where it cannot be read."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"amx_bf16", "avx512_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
+
+
+def default_xla(
+    precision: str, replica_devices: Sequence[str], cpu_bf16: bool | None = None
+) -> tuple[bool, str]:
+    """What --xla is when not given, for replicas on these devices: (on, why off or "").
+
+    On, except bf16 with every replica on a CPU that has bf16 matrix instructions
+    (`cpu_bf16`; None: read from this machine): TensorFlow's own (oneDNN) matmuls use
+    AMX there, XLA's CPU matmuls do not, and the uncompiled step was 2.0× as fast
+    (BENCHMARKS.md, "bf16 on a CPU with AMX").
+    """
+    on_cpus = all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in replica_devices)
+    if precision == "bf16" and on_cpus:
+        if cpu_bf16 is None:
+            cpu_bf16 = cpu_has_bf16_matmul()
+        if cpu_bf16:
+            return False, (
+                "bf16 on a CPU with bf16 matrix instructions: TensorFlow's own matmuls use "
+                "them, XLA's do not"
+            )
+    return True, ""
 
 
 # ----------------------------------------------------------------------------------------
@@ -273,6 +308,8 @@ class Trainer:
         self.accumulation = config.gradient_accumulation_steps
         self.use_loss_scale = config.precision == "fp16"
         self.xla = config.xla
+        if self.xla is None:  # (train_and_evaluate resolves it before; tests may not)
+            self.xla, _ = default_xla(config.precision, strategy.extended.worker_devices)
         # The initial weights are a function of --seed.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
@@ -281,7 +318,7 @@ class Trainer:
             self.model = modeling.BertPretrainingModel(
                 bert_config,
                 dtype=PRECISION_POLICIES[config.precision],
-                dropout_masks="hash" if config.xla else "philox",
+                dropout_masks="hash" if self.xla else "philox",
             )
             self.model.build_weights()
             names = modeling.original_name_map(self.model)
@@ -1026,6 +1063,8 @@ def train_and_evaluate(
     if latest and config.do_train and tf.io.gfile.exists(saved_config):
         with tf.io.gfile.GFile(saved_config) as f:
             saved = json.load(f)
+    config, xla_reason = _resolve_xla(config, devices, saved)
+    if saved is not None:
         _check_resume(config, run_facts, saved)
 
     if devices.is_chief:
@@ -1038,7 +1077,7 @@ def train_and_evaluate(
             f"resuming with {num_replicas} replica(s); the run used {saved['num_replicas']} "
             "so far (same effective batch; dropout masks depend on the replica)"
         )
-    compiled = "XLA" if config.xla else "no XLA"
+    compiled = ("XLA" if config.xla else "no XLA") + (f" ({xla_reason})" if xla_reason else "")
     log(
         f"precision {config.precision} ({PRECISION_POLICIES[config.precision]}), {compiled}, "
         f"optimizer {config.optimizer}, up to {config.steps_per_loop} step(s) per loop"
@@ -1119,6 +1158,27 @@ def train_and_evaluate(
 
 class WorkerLostError(RuntimeError):
     """Another worker of the cluster stopped answering."""
+
+
+def _resolve_xla(
+    config: TrainConfig, devices: distribute.Devices, saved: dict | None
+) -> tuple[TrainConfig, str]:
+    """`config` with --xla decided, and why when the flag was not given ("" when it was).
+
+    A resumed run keeps the mode its checkpoints were made with (its dropout masks depend
+    on it); a new one takes `default_xla` for this worker's replicas, and the workers of a
+    cluster take it on only if it is on for every one of them.
+    """
+    if config.xla is not None:
+        return config, ""
+    if saved is not None and isinstance(saved.get("xla"), bool):
+        return dataclasses.replace(config, xla=saved["xla"]), "as the resumed run"
+    xla, reason = default_xla(config.precision, devices.strategy.extended.worker_devices)
+    if devices.num_workers > 1:
+        everywhere = bool(distribute.agree_on_min(devices, int(xla)))
+        if everywhere != xla:
+            xla, reason = everywhere, "off on another worker of the cluster"
+    return dataclasses.replace(config, xla=xla), "auto" + (f": {reason}" if reason else "")
 
 
 def _check_workers_see_one_run(devices: distribute.Devices, latest: str | None, output_dir: str):

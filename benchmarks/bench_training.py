@@ -335,6 +335,8 @@ def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[
 
     speed_fields = ("precision", "xla", "steps_per_loop", "gradient_accumulation_steps")
     used = {name: getattr(config, name) for name in speed_fields if name in fields}
+    if used.get("xla", False) is None:  # not given: the Trainer chose for the hardware
+        used["xla"] = trainer.xla
     facts = {"module": training.__name__, "config": used, "notes": notes}
     return run, facts
 

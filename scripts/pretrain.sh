@@ -84,7 +84,8 @@ Environment variables (default in brackets):
   POLY_POWER           learning-rate decay power after warm-up [1 | 0.5]
   WEIGHT_DECAY         decoupled weight decay [0.01]
   PRECISION            fp32, bf16 or fp16 (bf16 on Ampere or newer GPUs) [fp32]
-  XLA                  1: compile the steps with XLA; 0: don't [1]
+  XLA                  1: compile the steps with XLA; 0: don't; auto: the trainer's
+                       default (on, except bf16 on a CPU with AMX or AVX512-BF16) [auto]
   NUM_GPUS             GPUs per machine [those of CUDA_VISIBLE_DEVICES, else nvidia-smi -L]
   CPU_REPLICAS         without a GPU: replicas on logical CPU devices (tests) [0: one]
   PHASE1_DATA          phase-1 training files (globs, comma-separated) [DATA_DIR/phase1/train-*.tfrecord]
@@ -173,7 +174,7 @@ PHASE1_ACCUMULATION=${PHASE1_ACCUMULATION:-}
 PHASE2_ACCUMULATION=${PHASE2_ACCUMULATION:-}
 WEIGHT_DECAY=${WEIGHT_DECAY:-0.01}
 PRECISION=${PRECISION:-fp32}
-XLA=${XLA:-1}
+XLA=${XLA:-auto}
 NUM_GPUS=${NUM_GPUS:-}
 CPU_REPLICAS=${CPU_REPLICAS:-0}
 PHASE1_DATA=${PHASE1_DATA:-$DATA_DIR/phase1/train-*.tfrecord}
@@ -212,7 +213,7 @@ for name in PHASE1_ACCUMULATION PHASE2_ACCUMULATION NUM_GPUS; do
 done
 for name in CPU_REPLICAS EVAL_EVERY MAX_EVAL_STEPS SEED CHIEF_WAIT; do require_int "$name" "${!name}" 0; done
 for name in PHASE1_LR PHASE2_LR POLY_POWER WEIGHT_DECAY; do require_number "$name" "${!name}"; done
-require_bool XLA "$XLA"
+case $XLA in 0 | 1 | auto) ;; *) die "XLA=$XLA: expected 0, 1 or auto" ;; esac
 require_bool DO_EVAL "$DO_EVAL"
 case $OPTIMIZER in adamw | lamb) ;; *) die "OPTIMIZER=$OPTIMIZER: expected adamw or lamb" ;; esac
 case $PRECISION in fp32 | bf16 | fp16) ;; *) die "PRECISION=$PRECISION: expected fp32, bf16 or fp16" ;; esac
@@ -409,8 +410,7 @@ PY
 
 PHASE1_DIR="$OUTPUT_DIR/phase1"
 PHASE2_DIR="$OUTPUT_DIR/phase2"
-XLA_FLAG=--xla
-((XLA)) || XLA_FLAG=--noxla
+case $XLA in 1) XLA_FLAG=(--xla) ;; 0) XLA_FLAG=(--noxla) ;; *) XLA_FLAG=() ;; esac
 
 # phase_command PHASE: sets CMD to the trainer command of the phase.
 phase_command() {
@@ -422,7 +422,7 @@ phase_command() {
         --do_train --batch_size="${!batch_var}" --gradient_accumulation_steps="${!accum_var}"
         --num_train_steps="$((10#${!steps_var}))" --num_warmup_steps="$((10#${!warmup_var}))"
         --learning_rate="${!lr_var}" --optimizer="$OPTIMIZER" --poly_power="$POLY_POWER"
-        --weight_decay_rate="$WEIGHT_DECAY" --precision="$PRECISION" "$XLA_FLAG"
+        --weight_decay_rate="$WEIGHT_DECAY" --precision="$PRECISION" "${XLA_FLAG[@]}"
         --save_checkpoints_steps="$((10#$SAVE_STEPS))" --keep_checkpoint_max="$((10#$KEEP_CHECKPOINTS))"
         --log_every_n_steps="$((10#$LOG_EVERY))" --steps_per_loop="$((10#$STEPS_PER_LOOP))"
         --seed="$((10#$SEED))" "${DEVICE_FLAGS[@]}")

@@ -285,6 +285,20 @@ def test_pretrain_recipes_keep_published_batches(workspace, tmp_path, recipe, gp
     assert not out.exists()
 
 
+def test_pretrain_passes_xla_only_when_asked(workspace, tmp_path):
+    # Not set (auto): no flag, so the trainer picks for the hardware and a resumed run
+    # keeps its mode; 1 and 0 force it.
+    for xla, flag in ((None, None), ("1", "xla"), ("0", "noxla")):
+        env = {} if xla is None else {"XLA": xla}
+        result = run(
+            PRETRAIN, "--dry_run", workspace["config"], workspace["data"], tmp_path / "out",
+            env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        for flags in dry_run_commands(result.stdout).values():
+            assert {"xla", "noxla"} & flags.keys() == ({flag} if flag else set()), flags
+
+
 def test_pretrain_checks_inputs_before_starting(workspace, tmp_path):
     config, data = workspace["config"], workspace["data"]
     out = tmp_path / "out"
@@ -302,6 +316,7 @@ def test_pretrain_checks_inputs_before_starting(workspace, tmp_path):
         ({"RECIPE": "adam"}, [config, data, out], "expected bert-paper or nvidia-lamb"),
         ({"TOTAL_STEPS": "1000", "PHASE2_WARMUP": "500"}, [config, data, out], "never reach"),
         ({"PHASE1_LR": "fast"}, [config, data, out], "PHASE1_LR=fast: expected a number"),
+        ({"XLA": "yes"}, [config, data, out], "XLA=yes: expected 0, 1 or auto"),
         ({"TF_CONFIG": "{oops"}, [config, data, out], "TF_CONFIG is not a valid cluster"),
         ({}, [config, data], "expected BERT_CONFIG DATA_DIR OUTPUT_DIR"),
     ]

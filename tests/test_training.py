@@ -375,10 +375,12 @@ def test_resume_refuses_changed_settings_and_allows_another_replica_count(
     os.remove(added)
 
     # The same global batch on 2 replicas continues the run: the input yields global batches.
+    # --xla not given: the run keeps its mode (no XLA), though fp32 would default to XLA.
     capsys.readouterr()
-    config = make_config(workspace, out, batch_size=4, **settings)  # 4 × 2 replicas
+    config = make_config(workspace, out, batch_size=4, **dict(settings, xla=None))  # 4 × 2
     results = training.train_and_evaluate(config, strategy=strategy_over(2))
     err = capsys.readouterr().err
+    assert "no XLA (as the resumed run)" in err
     assert "resumed from" in err
     assert "resuming with 2 replica(s); the run used 1 so far" in err
     assert "stopped_by_signal" not in results and results["eval"]["global_step"] == 3
@@ -398,6 +400,63 @@ def test_resume_refuses_changed_settings_and_allows_another_replica_count(
     # The eval results and the eval summaries (out/eval/) only: no training event file,
     # train_config.json and the checkpoints untouched.
     assert changed == {"eval_results.txt", "eval_results.jsonl", "eval"}
+
+
+def test_cpu_bf16_matmul_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    line = "flags\t\t: fpu sse2 avx2 avx512f {}avx512_vnni\n"
+    for extra, expected in (("", False), ("amx_bf16 ", True), ("avx512_bf16 ", True)):
+        cpuinfo.write_text("processor\t: 0\n" + line.format(extra) + "bugs\t\t: amx_bf16\n")
+        assert training.cpu_has_bf16_matmul(str(cpuinfo)) is expected, extra
+    assert training.cpu_has_bf16_matmul(str(tmp_path / "absent")) is False
+
+
+@pytest.mark.parametrize(
+    "precision, device, cpu_bf16, expected",
+    [
+        ("fp32", "CPU", True, True),
+        ("fp16", "CPU", True, True),
+        ("bf16", "CPU", False, True),  # no bf16 matrix instructions: XLA's f32 matmuls
+        ("bf16", "CPU", True, False),  # AMX / AVX512-BF16: TensorFlow's own matmuls
+        ("bf16", "GPU", True, True),
+    ],
+)
+def test_xla_default_is_off_only_for_bf16_on_cpus_with_bf16_matmuls(
+    precision, device, cpu_bf16, expected
+):
+    devices = [f"/job:localhost/replica:0/task:0/device:{device}:{i}" for i in range(2)]
+    xla, reason = training.default_xla(precision, devices, cpu_bf16=cpu_bf16)
+    assert xla is expected
+    assert bool(reason) is not expected  # a reason is given when it is off
+
+
+def test_xla_not_given_is_resolved_for_the_run_and_saved(workspace, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: True)
+    out = tmp_path / "out"
+    config = make_config(
+        workspace, out, num_train_steps=1, num_warmup_steps=0, xla=None, precision="bf16"
+    )
+    training.train_and_evaluate(config, strategy=strategy_over(1))
+    assert "no XLA (auto: bf16 on a CPU with bf16 matrix instructions" in capsys.readouterr().err
+    assert json.loads((out / "train_config.json").read_text())["xla"] is False
+    # Given, the flag wins; not given in a Trainer built directly, the default decides.
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    for given, expected in ((True, True), (None, False)):
+        changed = dataclasses.replace(config, xla=given)
+        assert training.Trainer(strategy_over(1), bert_config, changed).xla is expected
+
+
+def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, monkeypatch):
+    config = make_config(workspace, tmp_path, xla=None)  # fp32: on for this worker
+    cluster = types.SimpleNamespace(strategy=strategy_over(1), num_workers=2)
+    for elsewhere, expected in ((1, True), (0, False)):
+        monkeypatch.setattr(distribute, "agree_on_min", lambda devices, value: min(value, elsewhere))
+        resolved, reason = training._resolve_xla(config, cluster, saved=None)
+        assert resolved.xla is expected, reason
+    assert reason == "auto: off on another worker of the cluster"
+    # Resuming, every worker reads the mode of the run from its shared output dir.
+    resolved, reason = training._resolve_xla(config, cluster, saved={"xla": True})
+    assert resolved.xla is True and reason == "as the resumed run"
 
 
 def test_first_step_is_timed_apart_from_the_rate(workspace, tmp_path, monkeypatch, capsys):
