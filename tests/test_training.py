@@ -2,6 +2,7 @@
 eval, the NaN guard, errors."""
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -450,7 +451,8 @@ def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, mon
     config = make_config(workspace, tmp_path, xla=None)  # fp32: on for this worker
     cluster = types.SimpleNamespace(strategy=strategy_over(1), num_workers=2)
     for elsewhere, expected in ((1, True), (0, False)):
-        monkeypatch.setattr(distribute, "agree_on_min", lambda devices, value: min(value, elsewhere))
+        agree = functools.partial(lambda devices, value, other: min(value, other), other=elsewhere)
+        monkeypatch.setattr(distribute, "agree_on_min", agree)
         resolved, reason = training._resolve_xla(config, cluster, saved=None)
         assert resolved.xla is expected, reason
     assert reason == "auto: off on another worker of the cluster"
