@@ -1166,19 +1166,28 @@ def _resolve_xla(
     """`config` with --xla decided, and why when the flag was not given ("" when it was).
 
     A resumed run keeps the mode its checkpoints were made with (its dropout masks depend
-    on it); a new one takes `default_xla` for this worker's replicas, and the workers of a
-    cluster take it on only if it is on for every one of them.
+    on it); a new one takes `default_xla` for this worker's replicas. The workers of a
+    cluster compare their modes (every worker, whatever its flags, so that none waits
+    alone in the collective): where they differ, one without the flag turns XLA off like
+    the others, one with --xla refuses to start.
     """
     if config.xla is not None:
-        return config, ""
-    if saved is not None and isinstance(saved.get("xla"), bool):
-        return dataclasses.replace(config, xla=saved["xla"]), "as the resumed run"
-    xla, reason = default_xla(config.precision, devices.strategy.extended.worker_devices)
+        xla, reason = config.xla, ""
+    elif saved is not None and isinstance(saved.get("xla"), bool):
+        xla, reason = saved["xla"], "as the resumed run"
+    else:
+        xla, why = default_xla(config.precision, devices.strategy.extended.worker_devices)
+        reason = "auto" + (f": {why}" if why else "")
     if devices.num_workers > 1:
         everywhere = bool(distribute.agree_on_min(devices, int(xla)))
+        if everywhere != xla and config.xla is not None:
+            raise ValueError(
+                "--xla on this worker, but XLA is off on another worker of the cluster: give "
+                "every worker the same --xla or --noxla (or neither)"
+            )
         if everywhere != xla:
-            xla, reason = everywhere, "off on another worker of the cluster"
-    return dataclasses.replace(config, xla=xla), "auto" + (f": {reason}" if reason else "")
+            xla, reason = everywhere, "auto: off on another worker of the cluster"
+    return dataclasses.replace(config, xla=xla), reason
 
 
 def _check_workers_see_one_run(devices: distribute.Devices, latest: str | None, output_dir: str):

@@ -2,7 +2,6 @@
 eval, the NaN guard, errors."""
 
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -448,17 +447,30 @@ def test_xla_not_given_is_resolved_for_the_run_and_saved(workspace, tmp_path, mo
 
 
 def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, monkeypatch):
-    config = make_config(workspace, tmp_path, xla=None)  # fp32: on for this worker
     cluster = types.SimpleNamespace(strategy=strategy_over(1), num_workers=2)
-    for elsewhere, expected in ((1, True), (0, False)):
-        agree = functools.partial(lambda devices, value, other: min(value, other), other=elsewhere)
-        monkeypatch.setattr(distribute, "agree_on_min", agree)
-        resolved, reason = training._resolve_xla(config, cluster, saved=None)
-        assert resolved.xla is expected, reason
-    assert reason == "auto: off on another worker of the cluster"
+    calls = []
+
+    def resolve(elsewhere, saved=None, **overrides):  # `elsewhere`: the other worker's mode
+        def agree_on_min(devices, value):
+            calls.append(value)
+            return min(value, elsewhere)
+
+        monkeypatch.setattr(distribute, "agree_on_min", agree_on_min)
+        config = make_config(workspace, tmp_path, **dict(dict(xla=None), **overrides))
+        return training._resolve_xla(config, cluster, saved)
+
+    # fp32, flag not given: on for this worker, so on only if on for the other too.
+    assert resolve(1)[0].xla is True
+    resolved, reason = resolve(0)
+    assert resolved.xla is False and reason == "auto: off on another worker of the cluster"
+    # Given, the flags must agree; every worker takes part in the comparison all the same.
+    assert resolve(0, xla=False)[0].xla is False
+    with pytest.raises(ValueError, match="give every worker the same --xla or --noxla"):
+        resolve(0, xla=True)
     # Resuming, every worker reads the mode of the run from its shared output dir.
-    resolved, reason = training._resolve_xla(config, cluster, saved={"xla": True})
+    resolved, reason = resolve(1, saved={"xla": True})
     assert resolved.xla is True and reason == "as the resumed run"
+    assert calls == [1, 1, 0, 1, 1]
 
 
 def test_first_step_is_timed_apart_from_the_rate(workspace, tmp_path, monkeypatch, capsys):
