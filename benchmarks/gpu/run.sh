@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of BENCHMARKS.md and a GPU smoke run of the demo, on one NVIDIA GPU.
 #
-#   benchmarks/gpu/run.sh OUTPUT_DIR [STEP ...]      # default: probe large base demo cpu_bf16
+#   benchmarks/gpu/run.sh OUTPUT_DIR [STEP ...]  # default: probe replicas large base demo cpu_bf16
 #
 # Needs a Python (PYTHON, default python3) that imports TensorFlow 2.21 with CUDA
 # (pip install "tensorflow[and-cuda]==2.21.0" keras-hub==0.32.0; see offline_env.sh for a
@@ -12,6 +12,9 @@
 #
 # probe     the GPU TensorFlow sees, and a matmul in each precision (and one under XLA)
 #           against NumPy in float64 (benchmarks/gpu/probe.py); the others need it to pass.
+# replicas  the --num_gpus=2 code path (XLA clusters per replica, all-reduce between) on
+#           the GPU split into two logical GPUs, against one replica with the whole batch,
+#           fp32 and bf16, to the tests' tolerances (benchmarks/gpu/replicas.py).
 # large     bench_training.py on the GPU, BERT-large at sequence length 128, batch 64, bf16
 # base      and fp16, ours against keras-hub's BertMaskedLM (base: batch 128); all workers
 #           of a model compile together, then are timed one at a time. On an H200 with 16
@@ -27,7 +30,7 @@
 set -u -o pipefail
 out=${1:?usage: benchmarks/gpu/run.sh OUTPUT_DIR [STEP ...]}
 shift
-steps=${*:-probe large base demo cpu_bf16}
+steps=${*:-probe replicas large base demo cpu_bf16}
 py=${PYTHON:-python3}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
@@ -57,6 +60,11 @@ if wanted probe; then
         exit 1
     }
     grep -E '^(probe|GPU|matmul|xla)' "$out/probe.log"
+fi
+
+if wanted replicas; then
+    step replicas 240 "$py" benchmarks/gpu/replicas.py
+    grep -E '^(replicas|fp32|bf16)' "$out/replicas.log"
 fi
 
 bench=("$py" benchmarks/bench_training.py --device=gpu --warm_up_together --windows=3
