@@ -188,12 +188,19 @@ def cpu_has_bf16_matmul(cpuinfo: str = "/proc/cpuinfo") -> bool:
 def default_xla(
     precision: str, replica_devices: Sequence[str], cpu_bf16: bool | None = None
 ) -> tuple[bool, str]:
-    """What --xla is when not given, for replicas on these devices: (on, why off or "").
+    """What --xla is when not given: on, except bf16 on CPUs with bf16 matrix instructions.
 
-    On, except bf16 with every replica on a CPU that has bf16 matrix instructions
-    (`cpu_bf16`; None: read from this machine): TensorFlow's own (oneDNN) matmuls use
-    AMX there, XLA's CPU matmuls do not, and the uncompiled step was 2.0× as fast
-    (BENCHMARKS.md, "bf16 on a CPU with AMX").
+    TensorFlow's own (oneDNN) matmuls use AMX and AVX512-BF16, XLA's CPU matmuls do not:
+    on an AMX Xeon the uncompiled bf16 step was 2.0× as fast (BENCHMARKS.md, "bf16 on the
+    host CPU (AMX)"). Elsewhere XLA's fusion wins or ties.
+
+    Args:
+        precision: --precision.
+        replica_devices: the device names of this worker's replicas.
+        cpu_bf16: whether the CPU has AMX or AVX512-BF16; None: read from this machine.
+
+    Returns:
+        (on, why it is off, or "" when on).
     """
     on_cpus = all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in replica_devices)
     if precision == "bf16" and on_cpus:
@@ -1168,8 +1175,8 @@ def _resolve_xla(
     A resumed run keeps the mode its checkpoints were made with (its dropout masks depend
     on it); a new one takes `default_xla` for this worker's replicas. The workers of a
     cluster compare their modes (every worker, whatever its flags, so that none waits
-    alone in the collective): where they differ, one without the flag turns XLA off like
-    the others, one with --xla refuses to start.
+    alone in a collective): XLA is on only where it is on for all of them, and if it is
+    off somewhere while a worker was given --xla, every worker refuses to start.
     """
     if config.xla is not None:
         xla, reason = config.xla, ""
@@ -1180,10 +1187,12 @@ def _resolve_xla(
         reason = "auto" + (f": {why}" if why else "")
     if devices.num_workers > 1:
         everywhere = bool(distribute.agree_on_min(devices, int(xla)))
-        if everywhere != xla and config.xla is not None:
+        asked_somewhere = bool(distribute.agree_on_max(devices, int(config.xla is True)))
+        if asked_somewhere and not everywhere:
             raise ValueError(
-                "--xla on this worker, but XLA is off on another worker of the cluster: give "
-                "every worker the same --xla or --noxla (or neither)"
+                "a worker was given --xla, but XLA is off on another (given --noxla there, "
+                "or the mode of the run being resumed, or the default for its hardware): "
+                "give every worker the same --xla or --noxla"
             )
         if everywhere != xla:
             xla, reason = everywhere, "auto: off on another worker of the cluster"

@@ -335,7 +335,7 @@ def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[
 
     speed_fields = ("precision", "xla", "steps_per_loop", "gradient_accumulation_steps")
     used = {name: getattr(config, name) for name in speed_fields if name in fields}
-    if used.get("xla", False) is None:  # not given: the Trainer chose for the hardware
+    if used.get("xla", False) is None:  # not given: what the Trainer chose for the hardware
         used["xla"] = trainer.xla
     facts = {"module": training.__name__, "config": used, "notes": notes}
     return run, facts
@@ -747,11 +747,23 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
         + "; the median window is reported.",
     ]
     if "ours" in facts:
-        # Precision is each row's own.
-        used = {k: v for k, v in facts["ours"]["config"].items() if k != "precision"}
+        # Precision is each row's own, and so is XLA when --xla is not given (the Trainer
+        # picks it for the precision and the hardware).
+        used = {k: v for k, v in facts["ours"]["config"].items() if k not in ("precision", "xla")}
+        settings = [f"{k}={v!r}" for k, v in used.items()]
+        xla = {}
+        for row in rows:
+            ready = row.get("ready", {}).get("ours")
+            if ready and "xla" in ready["facts"]["config"]:
+                xla.setdefault(row["precision"], ready["facts"]["config"]["xla"])
+        if xla and args.xla is None:
+            modes = ", ".join(f"{'on' if on else 'off'} in {p}" for p, on in xla.items())
+            settings.insert(0, f"xla not given ({modes})")
+        elif xla:
+            settings.insert(0, f"xla={args.xla!r}")
         lines.append(
             f"Ours: `{facts['ours']['module']}.Trainer`"
-            + (", TrainConfig " + ", ".join(f"{k}={v!r}" for k, v in used.items()) if used else "")
+            + (", TrainConfig " + ", ".join(settings) if settings else "")
             + "".join(f"; {note}" for note in facts["ours"]["notes"])
             + "; masked-LM and next-sentence heads, AdamW clipped to global norm 1.0; "
             + facts["ours"].get("environment", "CPU allocator not recorded")

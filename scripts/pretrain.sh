@@ -441,7 +441,9 @@ phase_command() {
 
 # The recipe as resolved: a re-run must use the same one, since finished phases are
 # skipped without the trainer's own checks. Devices, batch split, logging and eval
-# settings may change.
+# settings may change, and XLA too: the trainer keeps a resumed phase's mode (and refuses
+# another one); a phase not started yet takes the mode asked for now. (Files written
+# before XLA left the recipe still hold an XLA line; it is ignored.)
 settings() {
     printf '%s\n' "RECIPE=$RECIPE" "BERT_CONFIG=$(realpath -s -- "$BERT_CONFIG")" \
         "PHASE1_DATA=$PHASE1_DATA" "PHASE2_DATA=$PHASE2_DATA" "INIT_CHECKPOINT=$INIT_CHECKPOINT" \
@@ -450,7 +452,7 @@ settings() {
         "PHASE1_LR=$PHASE1_LR" "PHASE2_LR=$PHASE2_LR" \
         "PHASE1_WARMUP=$((10#$PHASE1_WARMUP))" "PHASE2_WARMUP=$((10#$PHASE2_WARMUP))" \
         "OPTIMIZER=$OPTIMIZER" "POLY_POWER=$POLY_POWER" "WEIGHT_DECAY=$WEIGHT_DECAY" \
-        "XLA=$XLA" "SEED=$((10#$SEED))" "EXTRA_FLAGS=$EXTRA_FLAGS"
+        "SEED=$((10#$SEED))" "EXTRA_FLAGS=$EXTRA_FLAGS"
 }
 SETTINGS=$(settings)
 SETTINGS_FILE="$OUTPUT_DIR/pretrain_settings.txt"
@@ -461,7 +463,7 @@ if [[ -f $SETTINGS_FILE ]] && [[ "$(cat "$SETTINGS_FILE")" != "$SETTINGS" ]]; th
     while IFS='=' read -r key value; do
         [[ ${saved[$key]-} == "$value" ]] || changes+=("$key: ${saved[$key]-(not set)} then, $value now")
     done <<<"$SETTINGS"
-    die "$OUTPUT_DIR holds a run with other settings ($SETTINGS_FILE):
+    ((${#changes[@]} == 0)) || die "$OUTPUT_DIR holds a run with other settings ($SETTINGS_FILE):
 $(printf '  %s\n' "${changes[@]}")
 resume with the same settings, or give a new OUTPUT_DIR (INIT_CHECKPOINT=$PHASE2_DIR starts from its weights)"
 fi

@@ -490,6 +490,14 @@ def test_pretrain_stops_cleanly_and_resumes(workspace, tmp_path, fake_trainer, s
     assert other.returncode == 2
     assert "PHASE2_LR: 1e-5 then, 2e-5 now" in other.stderr
     assert len(fake_trainer["calls"]()) == 4
+    # XLA is not part of the recipe (the trainer keeps a resumed phase's mode), nor is the
+    # XLA line of a settings file written before it left the recipe.
+    with open(out / "pretrain_settings.txt", "a") as f:
+        f.write("XLA=1\n")
+    for xla in ("0", "1", "auto"):
+        finished = run(PRETRAIN, *args, env={**fake_trainer["env"], "XLA": xla})
+        assert finished.returncode == 0 and "phase 2: finished" in finished.stderr, xla
+    assert len(fake_trainer["calls"]()) == 4
 
 
 # ----------------------------------------------------------------------------------------

@@ -409,6 +409,8 @@ def test_cpu_bf16_matmul_is_read_from_the_cpu_flags(tmp_path):
         cpuinfo.write_text("processor\t: 0\n" + line.format(extra) + "bugs\t\t: amx_bf16\n")
         assert training.cpu_has_bf16_matmul(str(cpuinfo)) is expected, extra
     assert training.cpu_has_bf16_matmul(str(tmp_path / "absent")) is False
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")  # aarch64's
+    assert training.cpu_has_bf16_matmul(str(cpuinfo)) is False
 
 
 @pytest.mark.parametrize(
@@ -450,12 +452,17 @@ def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, mon
     cluster = types.SimpleNamespace(strategy=strategy_over(1), num_workers=2)
     calls = []
 
-    def resolve(elsewhere, saved=None, **overrides):  # `elsewhere`: the other worker's mode
-        def agree_on_min(devices, value):
-            calls.append(value)
-            return min(value, elsewhere)
+    def resolve(other, other_asked=False, saved=None, **overrides):
+        # `other`: the other worker's mode; `other_asked`: whether it was given --xla.
+        def agree(combine, theirs):
+            def collective(devices, value):
+                calls.append(value)
+                return combine(value, int(theirs))
 
-        monkeypatch.setattr(distribute, "agree_on_min", agree_on_min)
+            return collective
+
+        monkeypatch.setattr(distribute, "agree_on_min", agree(min, other))
+        monkeypatch.setattr(distribute, "agree_on_max", agree(max, other_asked))
         config = make_config(workspace, tmp_path, **dict(dict(xla=None), **overrides))
         return training._resolve_xla(config, cluster, saved)
 
@@ -463,14 +470,21 @@ def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, mon
     assert resolve(1)[0].xla is True
     resolved, reason = resolve(0)
     assert resolved.xla is False and reason == "auto: off on another worker of the cluster"
-    # Given, the flags must agree; every worker takes part in the comparison all the same.
     assert resolve(0, xla=False)[0].xla is False
+    # --xla on one worker, XLA off on another: both refuse. Here given --xla, the other
+    # off; then here off by default (bf16 on a CPU with bf16 matmuls), the other given it.
     with pytest.raises(ValueError, match="give every worker the same --xla or --noxla"):
         resolve(0, xla=True)
-    # Resuming, every worker reads the mode of the run from its shared output dir.
+    monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: True)
+    with pytest.raises(ValueError, match="give every worker the same --xla or --noxla"):
+        resolve(1, other_asked=True, precision="bf16")
+    # Resuming, every worker reads the mode of the run from its shared output dir (a
+    # saved value that is not a mode is ignored).
     resolved, reason = resolve(1, saved={"xla": True})
     assert resolved.xla is True and reason == "as the resumed run"
-    assert calls == [1, 1, 0, 1, 1]
+    assert resolve(1, saved={"xla": None})[1] == "auto"
+    # Every worker took part in both comparisons each time, whatever its flags.
+    assert len(calls) == 2 * 7
 
 
 def test_first_step_is_timed_apart_from_the_rate(workspace, tmp_path, monkeypatch, capsys):

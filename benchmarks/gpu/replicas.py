@@ -22,6 +22,7 @@ Prints one line per check and exits 1 when one fails. The all-reduce is the one
 logical devices of one GPU, the script says so and uses HierarchicalCopyAllReduce.
 """
 
+import argparse
 import os
 import sys
 
@@ -66,7 +67,12 @@ def split_device(kind: str) -> list[str]:
     return [d.name for d in tf.config.list_logical_devices(kind)][:2]
 
 
-def train(devices, precision, start, cross_device_ops=None):
+def train(
+    devices: list[str],
+    precision: str,
+    start: list[np.ndarray] | None,
+    cross_device_ops: tf.distribute.CrossDeviceOps | None = None,
+) -> tuple[training.Trainer, list[dict], list[np.ndarray]]:
     """A Trainer over `devices` after STEPS steps from weights `start` (None: the seed's);
     its metrics per step, and the weights it started from."""
     config = training.TrainConfig(
@@ -151,7 +157,9 @@ def compare_bf16(start, one, one_metrics, two, two_metrics) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    kind = "CPU" if argv == ["--cpu"] else "GPU"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu", action="store_true", help="two logical CPU devices instead")
+    kind = "CPU" if parser.parse_args(argv).cpu else "GPU"
     devices = split_device(kind)
     tf.config.experimental.enable_tensor_float_32_execution(False)
     print(f"replicas: TensorFlow {tf.__version__}; one replica on {devices[0]}, two on {devices}")

@@ -26,7 +26,7 @@
 #           bench_training.py on the host CPU, BERT-small, fp32 and bf16, both sides on the
 #           BFC allocator (the speed issue's CPU bf16 goal: bf16 at least 1.6× our fp32,
 #           and ahead of keras-hub). Ours runs with its default --xla: on in fp32, off in
-#           bf16 there. On the H100 machine's 16-core Xeon: 180 s (2026-11-26).
+#           bf16 there. On the H100 machine's 16-core Xeon: under 165 s (2026-11-26).
 set -u -o pipefail
 out=${1:?usage: benchmarks/gpu/run.sh OUTPUT_DIR [STEP ...]}
 shift
