@@ -327,8 +327,54 @@ class AdamWeightDecay(_AdamFamily):
     trained with. See `_AdamFamily` for the slots and the per-variable contract.
     """
 
-    def __init__(self, variables: Sequence, names: Sequence[str], **kwargs):
+    def __init__(self, variables: Sequence, names: Sequence[str], *, fused: bool = False, **kwargs):
+        """See `_AdamFamily`; `fused`: update through TensorFlow's Adam kernel (`update`)."""
         super().__init__(variables, names, name="adam_weight_decay", **kwargs)
+        self.fused = fused
+
+    def update(
+        self, index: int, variable, gradient, learning_rate, count=None, slots=None
+    ) -> tf.Operation | None:
+        """`_AdamFamily.update`; with `fused`, in TensorFlow's Adam kernel.
+
+        `ResourceApplyAdam` with both beta powers 0 turns its bias correction off (its
+        step size lr·sqrt(1 - 0)/(1 - 0) is the learning rate) and computes
+        m += (g - m)(1 - beta_1), v += (g² - v)(1 - beta_2), p -= lr·m/(sqrt(v) + epsilon)
+        in one pass over p, m, v and g. A decayed variable first takes p -= lr·λ·p; the
+        Adam step does not read p, so the result is the original's p - lr·(step + λ·p).
+        Without XLA that is one kernel instead of about fifteen elementwise operations,
+        each a pass over the variable: BERT-small's update of 29M parameters took 82-96 ms
+        against 171-210 on 2 CPU cores (`benchmarks/bench_optimizer.py`); under XLA both
+        forms compile to one loop and run alike, so the Trainer fuses only without XLA.
+
+        The kernel computes 1 - beta in float32 from float32(beta): 1 - float32(0.999) =
+        0.00099998713 where the original multiplies by float32(0.001), and 1 - float32(0.9)
+        = 0.100000024. Its v is 1.3e-5 smaller relative, m 2.4e-7 larger, so its step is
+        6.7e-6 larger (as if the learning rate were 1 + 6.7e-6 times as large). Nothing else
+        differs beyond float32 rounding.
+        """
+        if not self.fused:
+            return super().update(index, variable, gradient, learning_rate, count, slots)
+        variable = _as_tf_variable(variable)
+        m, v = (_as_tf_variable(s) for s in (slots if slots is not None else self.slots(index)))
+        gradient = tf.convert_to_tensor(gradient, dtype=tf.float32)
+        learning_rate = tf.convert_to_tensor(learning_rate, dtype=tf.float32)
+        decay = []
+        if self.decay_flags[index]:
+            decay = [variable.assign_sub(variable * (learning_rate * self.weight_decay_rate))]
+        with tf.control_dependencies(decay):
+            return tf.raw_ops.ResourceApplyAdam(
+                var=variable.handle,
+                m=m.handle,
+                v=v.handle,
+                beta1_power=tf.constant(0.0),
+                beta2_power=tf.constant(0.0),
+                lr=learning_rate,
+                beta1=tf.constant(self.beta_1),
+                beta2=tf.constant(self.beta_2),
+                epsilon=tf.constant(self.epsilon),
+                grad=gradient,
+            )
 
     def _step(self, index, variable, next_m, next_v, count):
         update = next_m / (tf.sqrt(next_v) + self.epsilon)

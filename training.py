@@ -332,8 +332,14 @@ class Trainer:
             by_id = {id(v): name for name, v in names.items()}
             self.variables = list(self.model.trainable_variables)
             self.variable_names = [by_id[id(v)] for v in self.variables]
+            # Without XLA, AdamW updates through TensorFlow's fused Adam kernel (see
+            # AdamWeightDecay.update); XLA fuses the plain form just as well.
+            fused = {"fused": not self.xla} if config.optimizer == "adamw" else {}
             self.optimizer = optimization.OPTIMIZERS[config.optimizer](
-                self.variables, self.variable_names, weight_decay_rate=config.weight_decay_rate
+                self.variables,
+                self.variable_names,
+                weight_decay_rate=config.weight_decay_rate,
+                **fused,
             )
 
             def counter(name, dtype=tf.int64, initial=0):

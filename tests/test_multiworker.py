@@ -122,7 +122,7 @@ def checkpoint_tensors(path):
     return tensors
 
 
-def single_process(workspace, output_dir, num_replicas, config="drop", batch_size=4):
+def single_process(workspace, output_dir, num_replicas, config="drop", batch_size=4, xla=False):
     """The same run in this process, on `num_replicas` replicas reading 2 input shards."""
     bert_config = workspace["configs"][config]
     run = training.TrainConfig(
@@ -130,7 +130,7 @@ def single_process(workspace, output_dir, num_replicas, config="drop", batch_siz
         bert_config_file=bert_config, do_train=True, batch_size=batch_size,
         num_train_steps=STEPS, num_warmup_steps=1, learning_rate=1e-3,
         save_checkpoints_steps=2, log_every_n_steps=1, seed=7, shuffle_buffer=100,
-        xla=False, input_shards=2,
+        xla=xla, input_shards=2,
     )  # fmt: skip
     training.train_and_evaluate(run, strategy=conftest.mirrored_strategy(num_replicas))
     return checkpoint_tensors(tf.train.latest_checkpoint(str(output_dir)))
@@ -207,9 +207,9 @@ def test_two_workers_with_xla_and_accumulation_train_like_one_device_with_the_wh
     # The defaults of a multi-machine run (XLA on) with accumulation: each worker's
     # replica compiles its micro-batch loop and its update as two clusters, with the
     # all-reduce across the two processes in between. 2 workers × 2 micro-batches × 2
-    # examples, dropout 0, against one uncompiled device with the 8 examples. XLA fuses
-    # and reorders float32 operations, which stays within the summation-order rounding
-    # assert_same_weights allows (as for XLA against no XLA in test_training).
+    # examples, dropout 0, against one device with the 8 examples, compiled too (without
+    # XLA, AdamW updates through TensorFlow's fused Adam kernel, with other float32
+    # constants: AdamWeightDecay.update).
     out = tmp_path / "cluster"
     cluster = Cluster(
         workspace, out, tmp_path, config="nodrop", batch_size=2, xla=True,
@@ -219,7 +219,9 @@ def test_two_workers_with_xla_and_accumulation_train_like_one_device_with_the_wh
     assert "XLA" in cluster.log(0) and "no XLA" not in cluster.log(0)
     assert "= 8 global" in cluster.log(0), cluster.log(0)[-3000:]
     final = checkpoint_tensors(tf.train.latest_checkpoint(str(out)))
-    expected = single_process(workspace, tmp_path / "single", 1, config="nodrop", batch_size=8)
+    expected = single_process(
+        workspace, tmp_path / "single", 1, config="nodrop", batch_size=8, xla=True
+    )
     assert_same_weights(final, expected)
 
 

@@ -160,8 +160,14 @@ def assert_close(actual, expected):
         np.testing.assert_allclose(np.asarray(a), e, rtol=1e-6, atol=1e-6 * np.max(np.abs(e)))
 
 
+# TensorFlow's fused Adam kernel (AdamWeightDecay(fused=True)) computes 1 - beta in float32
+# from float32(beta): its moments are those of the reference with beta = float32(beta).
+FUSED_BETAS = dict(b1=float(np.float32(0.9)), b2=float(np.float32(0.999)))
+
+
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("kind", ["tf", "keras"])
-def test_adamw_matches_numpy_reference(kind):
+def test_adamw_matches_numpy_reference(kind, fused):
     rng = np.random.default_rng(0)
     initial = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
     grads = [[rng.normal(size=s).astype(np.float32) for s in SHAPES] for _ in range(5)]
@@ -169,8 +175,9 @@ def test_adamw_matches_numpy_reference(kind):
     schedule = dict(peak_learning_rate=0.1, num_warmup_steps=2, num_train_steps=6)
 
     variables = make_variables(kind, initial)
-    opt = AdamWeightDecay(variables, NAMES)
+    opt = AdamWeightDecay(variables, NAMES, fused=fused)
     assert opt.decay_flags == (False, False, True)
+    betas = FUSED_BETAS if fused else {}
 
     params = [x.astype(np.float64) for x in initial]
     ms = [np.zeros(s) for s in SHAPES]
@@ -179,8 +186,9 @@ def test_adamw_matches_numpy_reference(kind):
         lr = optimization.learning_rate(step, **schedule)
         opt.apply_gradients([tf.constant(g) for g in grads[step]], lr)
         params, ms, vs = numpy_adamw_step(
-            params, ms, vs, [g.astype(np.float64) for g in grads[step]], lr, opt.decay_flags
-        )
+            params, ms, vs, [g.astype(np.float64) for g in grads[step]], lr, opt.decay_flags,
+            **betas,
+        )  # fmt: skip
         assert_close([v.numpy() for v in variables], params)
         assert_close([m.numpy() for m in opt.m], ms)
         assert_close([v.numpy() for v in opt.v], vs)
@@ -319,6 +327,17 @@ def test_no_bias_correction():
     expected = -0.2 / (np.sqrt(0.004) + 1e-6)
     assert expected == pytest.approx(-3.16223, abs=1e-5)
     np.testing.assert_allclose(variable.numpy(), [expected], rtol=1e-6)
+    # The fused kernel: 1 - beta from float32 betas, 1 - float32(0.999) = 0.00099998713,
+    # and 1 - float32(0.9) = 0.100000024: v 1.3e-5 smaller, m 2.4e-7 larger, the step
+    # 6.4e-6 + 2.4e-7 = 6.7e-6 larger than the original's.
+    fused_variable = tf.Variable([0.0])
+    AdamWeightDecay([fused_variable], ["dense/bias"], fused=True).apply_gradients(
+        [tf.constant([2.0])], learning_rate=1.0
+    )
+    c1, c2 = (1 - np.float64(np.float32(b)) for b in (0.9, 0.999))
+    fused_expected = -2 * c1 / (np.sqrt(4 * c2) + 1e-6)
+    assert fused_expected / expected - 1 == pytest.approx(6.7e-6, rel=0.02)
+    np.testing.assert_allclose(fused_variable.numpy(), [fused_expected], rtol=1e-6)
 
 
 def test_update_accepts_keras_variable_and_skips_missing_gradients():
@@ -399,7 +418,8 @@ def test_slots_are_checkpointed_without_model_variables(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
-def test_mirrored_update_matches_numpy_reference():
+@pytest.mark.parametrize("fused", [False, True])
+def test_mirrored_update_matches_numpy_reference(fused):
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) == 2, "tests/conftest.py should split the CPU into 2 devices"
     strategy = conftest.mirrored_strategy(2)
@@ -415,7 +435,7 @@ def test_mirrored_update_matches_numpy_reference():
     with strategy.scope():
         # One Keras and two tf variables: the trainer's model has Keras variables.
         variables = [keras.Variable(initial[0])] + make_variables("tf", initial[1:])
-        opt = AdamWeightDecay(variables, NAMES)
+        opt = AdamWeightDecay(variables, NAMES, fused=fused)
         step_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
     lr_schedule = WarmupPolynomialDecay(**schedule)
     model_variables = opt.model_variables
@@ -457,7 +477,9 @@ def test_mirrored_update_matches_numpy_reference():
         clipped_steps += norm > clip_norm
         grads = [g * clip_norm / max(norm, clip_norm) for g in grads]
         lr = optimization.learning_rate(step, **schedule)
-        params, ms, vs = numpy_adamw_step(params, ms, vs, grads, lr, opt.decay_flags)
+        params, ms, vs = numpy_adamw_step(
+            params, ms, vs, grads, lr, opt.decay_flags, **(FUSED_BETAS if fused else {})
+        )
 
         for replica_values in (
             [v.values for v in model_variables],

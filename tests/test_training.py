@@ -445,7 +445,9 @@ def test_xla_not_given_is_resolved_for_the_run_and_saved(workspace, tmp_path, mo
     bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
     for given, expected in ((True, True), (None, False)):
         changed = dataclasses.replace(config, xla=given)
-        assert training.Trainer(strategy_over(1), bert_config, changed).xla is expected
+        trainer = training.Trainer(strategy_over(1), bert_config, changed)
+        assert trainer.xla is expected
+        assert trainer.optimizer.fused is not expected  # the fused Adam kernel without XLA
 
 
 def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, monkeypatch):
@@ -668,12 +670,14 @@ def test_accumulation_trains_like_one_device_with_the_whole_batch(
     # gradients match. With XLA and one replica, the micro-batch loop runs inside the
     # one compiled cluster of the step (the split clusters of several replicas are run
     # by tests/test_train_step_reference.py).
+    # Both runs compiled alike: without XLA, AdamW updates through TensorFlow's fused Adam
+    # kernel, whose float32 constants differ from the plain form's (AdamWeightDecay.update).
     start = initial_weights(workspace)
-    overrides = dict(optimizer=optimizer, poly_power=0.5)
+    overrides = dict(optimizer=optimizer, poly_power=0.5, xla=xla)
     one, one_metrics = run_steps(workspace, 1, 8, 3, init_weights=start, **overrides)
     two, two_metrics = run_steps(
         workspace, replicas, batch_size, 3, init_weights=start,
-        gradient_accumulation_steps=micro_batches, xla=xla, **overrides,
+        gradient_accumulation_steps=micro_batches, **overrides,
     )  # fmt: skip
     assert two.xla == xla and two.accumulation == micro_batches
     for a, b in zip(one_metrics, two_metrics):
