@@ -328,8 +328,8 @@ def test_no_bias_correction():
     assert expected == pytest.approx(-3.16223, abs=1e-5)
     np.testing.assert_allclose(variable.numpy(), [expected], rtol=1e-6)
     # The fused kernel: 1 - beta from float32 betas, 1 - float32(0.999) = 0.00099998713,
-    # and 1 - float32(0.9) = 0.100000024: v 1.3e-5 smaller, m 2.4e-7 larger, the step
-    # 6.4e-6 + 2.4e-7 = 6.7e-6 larger than the original's.
+    # and 1 - float32(0.9) = 0.100000024: v 1.3e-5 smaller, m 2.2e-7 larger, the step
+    # 6.5e-6 + 2.2e-7 = 6.7e-6 larger than the original's.
     fused_variable = tf.Variable([0.0])
     AdamWeightDecay([fused_variable], ["dense/bias"], fused=True).apply_gradients(
         [tf.constant([2.0])], learning_rate=1.0

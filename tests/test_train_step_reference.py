@@ -7,7 +7,9 @@ checked here against finite differences), the loss of the whole GLOBAL batch (ma
 loss over all its masked tokens, next-sentence loss over all its examples), the gradient
 clipped to global norm 1.0, and the original AdamW: no bias correction, beta_1 0.9,
 beta_2 0.999, epsilon 1e-6, weight decay 0.01 off LayerNorm and bias variables, the
-learning rate of a linear warm-up and decay.
+learning rate of a linear warm-up and decay. The step runs with XLA and without; without,
+AdamW updates through TensorFlow's fused Adam kernel, which computes 1 - beta in float32
+from float32(beta), and the reference takes those betas.
 
 Each step is computed from the state the trainer holds before it (weights and both
 slots, read back), so every comparison covers exactly one step, with a tolerance derived
@@ -189,11 +191,13 @@ def read_state(trainer, strategy, names):
     return state
 
 
-@pytest.fixture(scope="module")
-def trainer_run(tmp_path_factory):
-    """The real Trainer, set to `random_weights()`, run for NUM_STEPS steps.
+@pytest.fixture(scope="module", params=[True, False], ids=["xla", "no_xla"])
+def trainer_run(request, tmp_path_factory):
+    """The real Trainer, set to `random_weights()`, run for NUM_STEPS steps, with and
+    without XLA (without, AdamW updates through TensorFlow's fused Adam kernel).
 
-    Returns {"states": [state before step 0, ..., after the last], "metrics": per step}.
+    Returns {"states": [state before step 0, ..., after the last], "metrics": per step,
+    "fused": whether the fused kernel updated}.
     """
     strategy = conftest.mirrored_strategy(REPLICAS)
     assert strategy.num_replicas_in_sync == REPLICAS
@@ -209,8 +213,10 @@ def trainer_run(tmp_path_factory):
         learning_rate=PEAK_LR,
         num_warmup_steps=WARMUP,
         num_train_steps=TOTAL,
+        xla=request.param,
     )
     trainer = Trainer(strategy, BERT_CONFIG, config)
+    assert trainer.optimizer.fused is not request.param
     by_id = {id(v): name for name, v in modeling.original_name_map(trainer.model).items()}
     names = [by_id[id(variable)] for variable in trainer.variables]
     weights = random_weights()
@@ -224,7 +230,7 @@ def trainer_run(tmp_path_factory):
     for _ in range(NUM_STEPS):
         metrics.append({k: float(v) for k, v in trainer.train_step(iterator).items()})
         states.append(read_state(trainer, strategy, names))
-    return {"states": states, "metrics": metrics}
+    return {"states": states, "metrics": metrics, "fused": trainer.optimizer.fused}
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,23 +238,31 @@ def trainer_run(tmp_path_factory):
 # ---------------------------------------------------------------------------------------
 
 
-def adamw(weight, m, v, gradient, learning_rate, decay, bias_correction_step=None):
-    """The original AdamWeightDecayOptimizer's update of one variable (float64)."""
-    m = BETA_1 * m + (1.0 - BETA_1) * gradient
-    v = BETA_2 * v + (1.0 - BETA_2) * gradient**2
+def adamw(weight, m, v, gradient, learning_rate, decay, bias_correction_step=None, fused=False):
+    """The original AdamWeightDecayOptimizer's update of one variable (float64).
+
+    fused: TensorFlow's fused Adam kernel instead, which computes 1 - beta in float32
+    from float32(beta) (AdamWeightDecay.update): the same update with those betas.
+    """
+    beta_1, beta_2 = BETA_1, BETA_2
+    if fused:
+        beta_1, beta_2 = float(np.float32(BETA_1)), float(np.float32(BETA_2))
+    m = beta_1 * m + (1.0 - beta_1) * gradient
+    v = beta_2 * v + (1.0 - beta_2) * gradient**2
     m_hat, v_hat = m, v
     if bias_correction_step is not None:  # Adam's, which the original omits (a control)
-        m_hat = m / (1.0 - BETA_1**bias_correction_step)
-        v_hat = v / (1.0 - BETA_2**bias_correction_step)
+        m_hat = m / (1.0 - beta_1**bias_correction_step)
+        v_hat = v / (1.0 - beta_2**bias_correction_step)
     adam = m_hat / (np.sqrt(v_hat) + EPSILON)
     update = adam + (WEIGHT_DECAY * weight if decay else 0.0)
     return weight - learning_rate * update, m, v, adam
 
 
-def reference_step(state, batch, step, variant=None):
+def reference_step(state, batch, step, variant=None, fused=False):
     """The expected step from `state` ({name: (weight, m, v)}), and its float32 tolerances.
 
     Args:
+        fused: the update of TensorFlow's fused Adam kernel (see `adamw`).
         variant: None for the original algorithm; or one of the wrong algorithms the test
             must reject: "local_normalisation" (each replica divides by its own counts),
             "no_clipping", "bias_correction", "decay_everything", "next_learning_rate".
@@ -291,7 +305,7 @@ def reference_step(state, batch, step, variant=None):
             + np.abs(gradient) * (norm_tolerance / norm if norm > CLIP_NORM else 0.0)
             + 2 * U32 * np.abs(gradient)
         )
-        new = adamw(weight, m, v, gradient, learning_rate, decay, correction)
+        new = adamw(weight, m, v, gradient, learning_rate, decay, correction, fused)
         # AdamW is elementwise and monotonic in the gradient over an interval this small,
         # so the largest change for a gradient within ±delta is at one of the ends. Near
         # g = 0 the step m / (sqrt(v) + 1e-6) swings with the sign of g: there the
@@ -299,7 +313,7 @@ def reference_step(state, batch, step, variant=None):
         # gradient that is 0 up to rounding is rounding).
         spread = [np.zeros_like(weight)] * 3
         for shifted in (gradient + delta, gradient - delta):
-            other = adamw(weight, m, v, shifted, learning_rate, decay, correction)
+            other = adamw(weight, m, v, shifted, learning_rate, decay, correction, fused)
             spread = [np.maximum(s, np.abs(o - x)) for s, o, x in zip(spread, other, new)]
         # Plus the rounding of the update's own float32 operations: m and v are 2 products
         # and a sum (3·U32 of the terms); the weight update about 8 operations (sqrt, +eps,
@@ -349,7 +363,8 @@ def test_the_replicas_hold_different_numbers_of_masked_tokens():
 def test_train_step_matches_numpy_reference(trainer_run, step):
     before, after = trainer_run["states"][step], trainer_run["states"][step + 1]
     metrics = trainer_run["metrics"][step]
-    expected, tolerances, info = reference_step(before, BATCHES[step], step)
+    fused = trainer_run["fused"]
+    expected, tolerances, info = reference_step(before, BATCHES[step], step, fused=fused)
 
     assert info["norm"] > 1.5 * CLIP_NORM  # clipping changes this step's gradient
     ratio, where = worst_ratio(after, expected, tolerances)
@@ -401,7 +416,8 @@ def test_the_reference_rejects_wrong_steps(trainer_run, variant):
     """A trainer implementing a wrong step would fail the test above by a wide margin."""
     step = 1  # the first step with a non-zero learning rate
     before, after = trainer_run["states"][step], trainer_run["states"][step + 1]
-    _, tolerances, _ = reference_step(before, BATCHES[step], step)
-    wrong, _, _ = reference_step(before, BATCHES[step], step, variant)
+    fused = trainer_run["fused"]
+    _, tolerances, _ = reference_step(before, BATCHES[step], step, fused=fused)
+    wrong, _, _ = reference_step(before, BATCHES[step], step, variant, fused)
     ratio, where = worst_ratio(after, wrong, tolerances)
     assert ratio > 100, f"{variant}: the trainer is within {ratio:.3g}× tolerance ({where})"
