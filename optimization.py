@@ -274,6 +274,11 @@ class _AdamFamily(tf.Module):
         m, v = slots if slots is not None else self.slots(index)
         gradient = tf.convert_to_tensor(gradient, dtype=tf.float32)
         learning_rate = tf.convert_to_tensor(learning_rate, dtype=tf.float32)
+        return self._apply(index, variable, m, v, gradient, learning_rate, count)
+
+    def _apply(self, index: int, variable, m, v, gradient, learning_rate, count):
+        """`update` once its arguments are tensors and variables: the moments, then the
+        step of `_step`, as plain TensorFlow operations."""
         next_m = self.beta_1 * m + (1.0 - self.beta_1) * gradient
         next_v = self.beta_2 * v + (1.0 - self.beta_2) * tf.square(gradient)
         step = self._step(index, variable, next_m, next_v, count)
@@ -328,14 +333,12 @@ class AdamWeightDecay(_AdamFamily):
     """
 
     def __init__(self, variables: Sequence, names: Sequence[str], *, fused: bool = False, **kwargs):
-        """See `_AdamFamily`; `fused`: update through TensorFlow's Adam kernel (`update`)."""
+        """See `_AdamFamily`; `fused`: update through TensorFlow's Adam kernel (`_apply`)."""
         super().__init__(variables, names, name="adam_weight_decay", **kwargs)
         self.fused = fused
 
-    def update(
-        self, index: int, variable, gradient, learning_rate, count=None, slots=None
-    ) -> tf.Operation | None:
-        """`_AdamFamily.update`; with `fused`, in TensorFlow's Adam kernel.
+    def _apply(self, index: int, variable, m, v, gradient, learning_rate, count):
+        """`_AdamFamily._apply`; with `fused`, in TensorFlow's Adam kernel.
 
         `ResourceApplyAdam` with both beta powers 0 turns its bias correction off (its
         step size lr·sqrt(1 - 0)/(1 - 0) is the learning rate) and computes
@@ -355,11 +358,7 @@ class AdamWeightDecay(_AdamFamily):
         term is unchanged). Nothing else differs beyond float32 rounding.
         """
         if not self.fused:
-            return super().update(index, variable, gradient, learning_rate, count, slots)
-        variable = _as_tf_variable(variable)
-        m, v = (_as_tf_variable(s) for s in (slots if slots is not None else self.slots(index)))
-        gradient = tf.convert_to_tensor(gradient, dtype=tf.float32)
-        learning_rate = tf.convert_to_tensor(learning_rate, dtype=tf.float32)
+            return super()._apply(index, variable, m, v, gradient, learning_rate, count)
         decay = []
         if self.decay_flags[index]:
             decay = [variable.assign_sub(variable * (learning_rate * self.weight_decay_rate))]

@@ -333,7 +333,7 @@ class Trainer:
             self.variables = list(self.model.trainable_variables)
             self.variable_names = [by_id[id(v)] for v in self.variables]
             # Without XLA, AdamW updates through TensorFlow's fused Adam kernel (see
-            # AdamWeightDecay.update); XLA fuses the plain form just as well.
+            # AdamWeightDecay._apply); XLA fuses the plain form just as well.
             fused = {"fused": not self.xla} if config.optimizer == "adamw" else {}
             self.optimizer = optimization.OPTIMIZERS[config.optimizer](
                 self.variables,

@@ -209,7 +209,7 @@ def test_two_workers_with_xla_and_accumulation_train_like_one_device_with_the_wh
     # all-reduce across the two processes in between. 2 workers × 2 micro-batches × 2
     # examples, dropout 0, against one device with the 8 examples, compiled too (without
     # XLA, AdamW updates through TensorFlow's fused Adam kernel, with other float32
-    # constants: AdamWeightDecay.update).
+    # constants: AdamWeightDecay._apply).
     out = tmp_path / "cluster"
     cluster = Cluster(
         workspace, out, tmp_path, config="nodrop", batch_size=2, xla=True,

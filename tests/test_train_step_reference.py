@@ -242,7 +242,7 @@ def adamw(weight, m, v, gradient, learning_rate, decay, bias_correction_step=Non
     """The original AdamWeightDecayOptimizer's update of one variable (float64).
 
     fused: TensorFlow's fused Adam kernel instead, which computes 1 - beta in float32
-    from float32(beta) (AdamWeightDecay.update): the same update with those betas.
+    from float32(beta) (AdamWeightDecay._apply): the same update with those betas.
     """
     beta_1, beta_2 = BETA_1, BETA_2
     if fused:

@@ -671,7 +671,7 @@ def test_accumulation_trains_like_one_device_with_the_whole_batch(
     # one compiled cluster of the step (the split clusters of several replicas are run
     # by tests/test_train_step_reference.py).
     # Both runs compiled alike: without XLA, AdamW updates through TensorFlow's fused Adam
-    # kernel, whose float32 constants differ from the plain form's (AdamWeightDecay.update).
+    # kernel, whose float32 constants differ from the plain form's (AdamWeightDecay._apply).
     start = initial_weights(workspace)
     overrides = dict(optimizer=optimizer, poly_power=0.5, xla=xla)
     one, one_metrics = run_steps(workspace, 1, 8, 3, init_weights=start, **overrides)

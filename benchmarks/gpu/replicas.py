@@ -30,29 +30,20 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
+sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks"), os.path.join(REPO, "tests")]
 
 import cli  # noqa: E402
 
 cli.prepare_tensorflow_environment()
 import tensorflow as tf  # noqa: E402
 from bench_training import synthetic_batch  # noqa: E402
+from train_workspace import PRED, SEQ, tiny_config  # noqa: E402
 
 import modeling  # noqa: E402
 import training  # noqa: E402
 
-SEQ, PRED, GLOBAL_BATCH, STEPS = 32, 5, 8, 3  # the tests' sizes (their rounding bounds)
-BERT = modeling.BertConfig(
-    vocab_size=305,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-    max_position_embeddings=64,
-    type_vocab_size=2,
-)
+GLOBAL_BATCH, STEPS = 8, 3  # with the tests' model, SEQ and PRED: their rounding bounds
+BERT = modeling.BertConfig(**tiny_config())  # dropout 0
 
 
 def split_device(kind: str) -> list[str]:
