@@ -185,6 +185,11 @@ def cpu_has_bf16_matmul(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return False
 
 
+def all_cpus(replica_devices: Sequence[str]) -> bool:
+    """Whether every one of `replica_devices` (device names) is a CPU."""
+    return all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in replica_devices)
+
+
 def default_xla(
     precision: str, replica_devices: Sequence[str], cpu_bf16: bool | None = None
 ) -> tuple[bool, str]:
@@ -202,8 +207,7 @@ def default_xla(
     Returns:
         (on, why it is off, or "" when on).
     """
-    on_cpus = all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in replica_devices)
-    if precision == "bf16" and on_cpus:
+    if precision == "bf16" and all_cpus(replica_devices):
         if cpu_bf16 is None:
             cpu_bf16 = cpu_has_bf16_matmul()
         if cpu_bf16:
@@ -322,10 +326,15 @@ class Trainer:
         with strategy.scope():
             # Hash masks cost XLA a fused integer hash per element, Philox masks a whole
             # inline Philox block; without XLA, TensorFlow's Philox kernel is the faster.
+            # XLA's CPU compiler sums rows slowly where it fuses the sum with the input's
+            # producer: there the gradients' row sums are products with ones (see
+            # modeling.COLUMN_SUMS). GPUs keep TensorFlow's gradients (not measured there).
+            on_cpus = all_cpus(strategy.extended.worker_devices)
             self.model = modeling.BertPretrainingModel(
                 bert_config,
                 dtype=PRECISION_POLICIES[config.precision],
                 dropout_masks="hash" if self.xla else "philox",
+                column_sums="matmul" if self.xla and on_cpus else "reduce",
             )
             self.model.build_weights()
             names = modeling.original_name_map(self.model)

@@ -654,12 +654,10 @@ def labels_for(features, seed=1):
     }
 
 
-def test_training_step_compiles_with_xla(model_and_weights):
-    model, weights = model_and_weights
-    features = batch()
-    labels = labels_for(features)
+def loss_and_gradients_step(model, labels, jit_compile):
+    """(features, seed, training) → (outputs, loss, gradients) of the pretraining loss."""
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=jit_compile)
     def step(features, seed, training):
         with tf.GradientTape() as tape:
             outputs = model(features, training=training, dropout_seed=seed)
@@ -670,18 +668,12 @@ def test_training_step_compiles_with_xla(model_and_weights):
             loss = mlm["loss_sum"] / mlm["weight_sum"] + nsp["loss_sum"] / nsp["count"]
         return outputs, loss, tape.gradient(loss, model.trainable_variables)
 
-    tensors = to_tensors(features)
-    outputs, loss, gradients = step(tensors, SEED, False)
-    eager = model(tensors)
-    # XLA fuses and reorders the float32 sums; its outputs are within the float32 bound of
-    # the float64 reference, like the uncompiled model's, so the two differ by at most
-    # twice the bound (each side's error).
-    keys = ("mlm_logits", "nsp_logits")
-    expected, tolerances = reference_and_tolerances(weights, model.config, features)
-    assert_within(outputs, expected, tolerances, keys)
-    assert_within(outputs, {k: eager[k].numpy() for k in keys}, tolerances, keys, factor=2)
+    return step
 
-    # The loss and every gradient against the hand-written NumPy backward pass.
+
+def assert_loss_and_gradients_match_numpy(model, weights, features, labels, loss, gradients):
+    """The loss and every gradient against the hand-written NumPy backward pass."""
+    expected, tolerances = reference_and_tolerances(weights, model.config, features)
     labelled = dict(
         features,
         masked_lm_ids=labels["masked_lm_ids"].numpy(),
@@ -709,11 +701,82 @@ def test_training_step_compiles_with_xla(model_and_weights):
         error = np.abs(tf.convert_to_tensor(gradient).numpy() - reference["gradients"][name])
         assert (error <= gradient_tolerances[name]).all(), (name, error.max())
 
+
+def test_training_step_compiles_with_xla(model_and_weights):
+    model, weights = model_and_weights
+    features = batch()
+    labels = labels_for(features)
+    step = loss_and_gradients_step(model, labels, jit_compile=True)
+    tensors = to_tensors(features)
+    outputs, loss, gradients = step(tensors, SEED, False)
+    eager = model(tensors)
+    # XLA fuses and reorders the float32 sums; its outputs are within the float32 bound of
+    # the float64 reference, like the uncompiled model's, so the two differ by at most
+    # twice the bound (each side's error).
+    keys = ("mlm_logits", "nsp_logits")
+    expected, tolerances = reference_and_tolerances(weights, model.config, features)
+    assert_within(outputs, expected, tolerances, keys)
+    assert_within(outputs, {k: eager[k].numpy() for k in keys}, tolerances, keys, factor=2)
+    assert_loss_and_gradients_match_numpy(model, weights, features, labels, loss, gradients)
+
     first = step(tensors, SEED, True)
     again = step(tensors, SEED, True)
     np.testing.assert_array_equal(first[0]["mlm_logits"], again[0]["mlm_logits"])
     difference = np.abs(first[0]["mlm_logits"] - outputs["mlm_logits"]).max()
     assert difference > 100 * tolerances["mlm_logits"]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager_graph", "xla"])
+def test_column_sums_by_matmul_match_the_numpy_backward_pass(model_and_weights, jit_compile):
+    # The same weights in a model whose bias and LayerNorm gradients are products with
+    # ones: its outputs, loss and gradients within the float32 bounds of the reference.
+    model, weights = model_and_weights
+    by_matmul = modeling.BertPretrainingModel(model.config, column_sums="matmul")
+    by_matmul.build_weights()
+    for name, variable in modeling.original_name_map(by_matmul).items():
+        variable.assign(weights[name].astype(np.float32))
+    layer = by_matmul.encoder.layer_0
+    assert layer.intermediate.column_sums == layer.ffn_layer_norm.column_sums == "matmul"
+    features = batch()
+    labels = labels_for(features)
+    step = loss_and_gradients_step(by_matmul, labels, jit_compile)
+    outputs, loss, gradients = step(to_tensors(features), SEED, False)
+    expected, tolerances = reference_and_tolerances(weights, model.config, features)
+    assert_within(outputs, expected, tolerances, ("mlm_logits", "nsp_logits"))
+    assert_loss_and_gradients_match_numpy(by_matmul, weights, features, labels, loss, gradients)
+
+
+def test_column_sums_helpers_against_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    np.testing.assert_allclose(modeling.column_sums(tf.constant(x)), x.sum(axis=(0, 1)), rtol=1e-6)
+    # Half precision sums in float32: 1 + 256 · 2⁻⁹ = 1.5 is exact in bfloat16, but a
+    # bfloat16 running sum (8 significant bits) stays at 1 from the first 2⁻⁹ on.
+    halves = tf.constant([[1.0]] + [[2.0**-9]] * 256, tf.bfloat16)
+    summed = modeling.column_sums(halves)
+    assert summed.dtype == tf.bfloat16 and float(summed[0]) == 1.5
+
+    bias, scale, offset, dy = (
+        rng.normal(size=shape).astype(np.float32) for shape in ((4,), (4,), (4,), (2, 5, 4))
+    )
+    with tf.GradientTape(persistent=True) as tape:
+        variables = [tf.constant(v) for v in (x, bias, scale, offset)]
+        tape.watch(variables)
+        x_t, bias_t, scale_t, offset_t = variables
+        shifted = modeling.add_bias(x_t, bias_t)
+        affine = modeling.scale_and_offset(x_t, scale_t, offset_t)
+    np.testing.assert_allclose(shifted, x + bias, rtol=1e-6)
+    np.testing.assert_allclose(affine, x * scale + offset, rtol=1e-6, atol=1e-6)
+    grads = tape.gradient(shifted, [x_t, bias_t], output_gradients=tf.constant(dy))
+    np.testing.assert_array_equal(grads[0], dy)
+    np.testing.assert_allclose(grads[1], dy.sum(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+    grads = tape.gradient(affine, [x_t, scale_t, offset_t], output_gradients=tf.constant(dy))
+    np.testing.assert_allclose(grads[0], dy * scale, rtol=1e-6)
+    np.testing.assert_allclose(grads[1], (dy * x).sum(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads[2], dy.sum(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(ValueError, match="column_sums='sum'.*reduce.*matmul"):
+        modeling.BertPretrainingModel(tiny_config(), column_sums="sum")
 
 
 @pytest.fixture

@@ -448,6 +448,9 @@ def test_xla_not_given_is_resolved_for_the_run_and_saved(workspace, tmp_path, mo
         trainer = training.Trainer(strategy_over(1), bert_config, changed)
         assert trainer.xla is expected
         assert trainer.optimizer.fused is not expected  # the fused Adam kernel without XLA
+        sums = {layer.column_sums for layer in trainer.model._flatten_layers()
+                if isinstance(layer, (modeling.Dense, modeling.LayerNorm))}  # fmt: skip
+        assert sums == {"matmul" if expected else "reduce"}  # XLA on CPUs: by matmul
 
 
 def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, monkeypatch):

@@ -1,0 +1,78 @@
+"""Before and after: two checkouts of bert-gpu's training step, side by side in one run.
+
+    git worktree add /tmp/before HEAD~1
+    python benchmarks/ab_training.py --baseline_repo=/tmp/before --configs=small \
+        --precisions=fp32 --windows=8 --window_seconds=20
+
+The baseline checkout (--baseline_repo) and this one (or --ours_repo) each train in their
+own worker process of benchmarks/bench_training.py, on the same synthetic batch, taking
+turns in timed windows after their warm-up, so machine noise hits both alike. Every
+other flag is bench_training.py's (--xla, --device, --batch_size, ...), given to both.
+Prints, per config and precision, each side's median seq/s and the ratio of every pair
+of windows (after / before): the figure to quote for a change meant to be faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_training  # noqa: E402  (this directory)
+
+SIDES = ("before", "after")
+
+
+def compare(args: argparse.Namespace, config: str, precision: str) -> str:
+    """Times both checkouts at one config and precision; returns a markdown table row."""
+    workers, ready = {}, {}
+    repos = {"before": args.baseline_repo, "after": args.ours_repo}
+    try:
+        for side in SIDES:  # one after the other: neither's tracing slows the other's
+            spec = bench_training._worker_spec(
+                args, role="ours", config=config, precision=precision, ours_repo=repos[side]
+            )
+            workers[side] = bench_training.Worker(spec)
+            workers[side].name = side
+            ready[side] = bench_training._receive_ready(workers[side], config, precision)
+        row = bench_training._time_row(args, config, precision, workers, ready)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    windows = row["windows"]
+    ratios = sorted(a / b for a, b in zip(windows["after"], windows["before"]))
+    median = row["median"]
+    return (
+        f"| {config} | {precision} | {median['before']:.2f} | {median['after']:.2f} "
+        f"| {median['after'] / median['before']:.3f} | {statistics.median(ratios):.3f} "
+        f"| {ratios[0]:.3f}-{ratios[-1]:.3f} |"
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    parser.add_argument("--baseline_repo", required=True, help="the checkout to compare with")
+    own, rest = parser.parse_known_args(argv)
+    args = bench_training.parse_args(rest)
+    args.baseline_repo = os.path.abspath(own.baseline_repo)
+    if not os.path.isfile(os.path.join(args.baseline_repo, "modeling.py")):
+        parser.error(f"--baseline_repo={own.baseline_repo}: no bert-gpu checkout there")
+    if args.warm_up_together:
+        parser.error("--warm_up_together: not supported here (sides warm up one by one)")
+    print(f"before: {args.baseline_repo}\nafter: {args.ours_repo}\n")
+    print(
+        "| config | precision | before seq/s | after seq/s | after / before (medians) "
+        "| after / before (median of window pairs) | window pairs |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |"
+    )
+    for config in args.configs:
+        for precision in args.precisions:
+            print(compare(args, config, precision), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
