@@ -1,4 +1,4 @@
-"""Where the time of our XLA training step goes on the CPU, operation by operation.
+"""Where the time of our training step goes on the CPU, operation by operation.
 
     python benchmarks/profile_training.py --config=base --steps=1 --top=30
 
@@ -13,6 +13,10 @@ folded out too, so a matmul's two gradient products (MatMul, MatMul_1) count as 
 operation. Thunks of one step can overlap,
 so the shares are of the thunks' total, which is close to the step's wall time on a
 2-core CPU. This found the inline Philox of the dropout masks (8% of a BERT-base step).
+
+With --xla=false it profiles the uncompiled step instead and sums the seconds of
+TensorFlow's operations (by name, folded the same way, with the op type); with --threads=1
+and then 2, which parts of the step do not scale with cores.
 """
 
 from __future__ import annotations
@@ -32,24 +36,37 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import bench_training  # noqa: E402  (this directory; TensorFlow is imported later)
 
 
-def thunk_seconds(logdir: str) -> collections.Counter:
-    """Seconds per thunk name, summed over the XLA CPU thunks the profiler recorded."""
+def _events(logdir: str, thread: str):
+    """(name, seconds) of every event the profiler recorded on threads named `thread`..."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
     space = xplane_pb2.XSpace()
     with open(path, "rb") as f:
         space.ParseFromString(f.read())
-    seconds = collections.Counter()
     for plane in space.planes:
         for line in plane.lines:
-            if "Eigen" not in line.name:  # thunks run on the intra-op threads
-                continue
-            for event in line.events:
-                name = plane.event_metadata[event.metadata_id].name
-                # The executor's own span contains the thunks it runs.
-                if name != "ThunkExecutor::Execute" and not name.startswith("end:"):
-                    seconds[name] += event.duration_ps * 1e-12
+            if thread in line.name:
+                for event in line.events:
+                    yield plane.event_metadata[event.metadata_id].name, event.duration_ps * 1e-12
+
+
+def thunk_seconds(logdir: str) -> collections.Counter:
+    """Seconds per thunk name, summed over the XLA CPU thunks the profiler recorded."""
+    seconds = collections.Counter()
+    for name, duration in _events(logdir, "Eigen"):  # thunks run on the intra-op threads
+        # The executor's own span contains the thunks it runs.
+        if name != "ThunkExecutor::Execute" and not name.startswith("end:"):
+            seconds[name] += duration
+    return seconds
+
+
+def op_seconds(logdir: str) -> collections.Counter:
+    """Seconds per TensorFlow operation ("name:Type") of an uncompiled step."""
+    seconds = collections.Counter()
+    for name, duration in _events(logdir, "tf_Compute"):  # the executor's threads
+        if ":" in name and not name.startswith("ExecutorState"):  # (its own spans)
+            seconds[name] += duration
     return seconds
 
 
@@ -82,6 +99,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--top", type=int, default=25, help="rows of the report")
+    parser.add_argument(
+        "--xla",
+        type=lambda text: {"true": True, "false": False}[text.lower()],
+        default=True,
+        help="false: profile the uncompiled step, by TensorFlow operation",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="TensorFlow's intra- and inter-op threads (0: its default, one per core); "
+        "compare 1 with 2 to see which operations do not scale with cores",
+    )
     args = parser.parse_args(argv)
 
     dump_dir = tempfile.mkdtemp(prefix="bert-gpu-hlo-")
@@ -101,12 +131,15 @@ def main(argv: list[str]) -> int:
     cli.prepare_tensorflow_environment()
     import tensorflow as tf
 
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     shape = dict(
         batch_size=args.batch_size, seq_length=128, predictions=20, vocab_size=30522,
         padding="realistic", seed=12345,
     )  # fmt: skip
     batch = bench_training.synthetic_batch(**shape)
-    spec = dict(shape, precision=args.precision, xla=True, steps_per_loop=None, device="cpu")
+    spec = dict(shape, precision=args.precision, xla=args.xla, steps_per_loop=None, device="cpu")
     run, _ = bench_training.make_our_runner(bench_training.CONFIGS[args.config], batch, spec)
     start = time.perf_counter()
     run(1)
@@ -117,18 +150,28 @@ def main(argv: list[str]) -> int:
     wall = (time.perf_counter() - start) / args.steps
     tf.profiler.experimental.stop()
 
-    names = operation_names(dump_dir)
     by_category, count = collections.Counter(), collections.Counter()
-    for thunk, seconds in thunk_seconds(logdir).items():
-        key = category(thunk, names.get(thunk))
-        by_category[key] += seconds / args.steps
-        count[key] += 1
+    if args.xla:
+        names = operation_names(dump_dir)
+        for thunk, seconds in thunk_seconds(logdir).items():
+            key = category(thunk, names.get(thunk))
+            by_category[key] += seconds / args.steps
+            count[key] += 1
+    else:
+        for op, seconds in op_seconds(logdir).items():
+            name, op_type = op.rsplit(":", 1)
+            name = name.replace("while/body/_1/", "")  # (the steps' graph loop)
+            key = f"{category('', name.replace('while/', ''))} ({op_type})"
+            by_category[key] += seconds / args.steps
+            count[key] += 1
     total = sum(by_category.values())
     print(
-        f"{args.config} {args.precision}, batch {args.batch_size}: {wall:.3f} s/step wall, "
-        f"{total:.3f} s/step in XLA thunks ({len(count)} operations)\n"
+        f"{args.config} {args.precision}, batch {args.batch_size}, threads "
+        f"{args.threads or 'default'}: {wall:.3f} s/step wall, {total:.3f} s/step in "
+        f"{'XLA thunks' if args.xla else 'TensorFlow operations'} ({len(count)} operations)\n"
     )
-    print("| s/step | share | instructions | operation |\n| ---: | ---: | ---: | --- |")
+    unit = "instructions" if args.xla else "ops"
+    print(f"| s/step | share | {unit} | operation |\n| ---: | ---: | ---: | --- |")
     for key, seconds in by_category.most_common(args.top):
         print(f"| {seconds:.3f} | {100 * seconds / total:.1f}% | {count[key]} | {key} |")
     return 0
