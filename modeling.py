@@ -327,6 +327,8 @@ def column_sums(x: tf.Tensor) -> tf.Tensor:
 
     Half-precision inputs are summed in float32 and the [N] result rounded back once.
     """
+    # (If XLA's simplifier ever turns a product with ones back into a reduction, the
+    # profile of a CPU step shows `reduce-window` again: benchmarks/profile_training.py.)
     with tf.name_scope("column_sums"):
         n = x.shape[-1]
         rows = tf.reshape(x, [-1, n])  # [R, N]
@@ -358,6 +360,11 @@ class Dense(keras.layers.Dense):
     def __init__(self, units: int, column_sums: str = "reduce", **kwargs: Any):
         super().__init__(units, **kwargs)
         self.column_sums = _check_column_sums(column_sums)
+        if column_sums == "matmul" and not self.use_bias:
+            raise ValueError('Dense(column_sums="matmul") needs use_bias=True')
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "column_sums": self.column_sums}
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if self.column_sums == "reduce":
@@ -371,8 +378,19 @@ class LayerNorm(keras.layers.LayerNormalization):
     dtype. With `column_sums="matmul"` the scale and offset gradients are by matmul."""
 
     def __init__(self, column_sums: str = "reduce", **kwargs: Any):
-        super().__init__(epsilon=LAYER_NORM_EPSILON, **kwargs)
+        kwargs.setdefault("epsilon", LAYER_NORM_EPSILON)
+        super().__init__(**kwargs)
         self.column_sums = _check_column_sums(column_sums)
+        if column_sums == "matmul" and (
+            self.axis not in (-1, [-1]) or not (self.center and self.scale) or self.rms_scaling
+        ):
+            raise ValueError(
+                'LayerNorm(column_sums="matmul") normalises the last axis with a scale and '
+                "an offset; got another axis, center/scale off or rms_scaling"
+            )
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "column_sums": self.column_sums}
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         if self.column_sums == "reduce":
@@ -563,7 +581,7 @@ class SelfAttention(keras.layers.Layer):
         dtype = self.dtype_policy
         self.num_heads = config.num_attention_heads
         self.head_size = config.head_size
-        self.column_sums = column_sums
+        self.column_sums = _check_column_sums(column_sums)
         # Holders of the original's variables; `_project_heads` uses them in one product.
         self.query = _dense(config.hidden_size, config, "query", column_sums, dtype=dtype)
         self.key = _dense(config.hidden_size, config, "key", column_sums, dtype=dtype)
@@ -860,7 +878,7 @@ class BertPretrainingModel(keras.Model):
     "hash") picks how every dropout site draws its masks (see StatelessDropout),
     `column_sums` ("reduce" or "matmul") how the backward pass sums bias and LayerNorm
     gradients over rows (see COLUMN_SUMS); neither changes what is computed beyond rounding
-    (the masks: which units drop).
+    (the masks: which units drop; in bf16, the column sums by matmul accumulate in float32).
 
     Attributes:
         config: the BertConfig.

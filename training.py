@@ -327,7 +327,7 @@ class Trainer:
             # Hash masks cost XLA a fused integer hash per element, Philox masks a whole
             # inline Philox block; without XLA, TensorFlow's Philox kernel is the faster.
             # XLA's CPU compiler sums rows slowly where it fuses the sum with the input's
-            # producer: there the gradients' row sums are products with ones (see
+            # producer: there the gradients' column sums are products with ones (see
             # modeling.COLUMN_SUMS). GPUs keep TensorFlow's gradients (not measured there).
             on_cpus = all_cpus(strategy.extended.worker_devices)
             self.model = modeling.BertPretrainingModel(

@@ -7,7 +7,8 @@
 The baseline checkout (--baseline_repo) and this one (or --ours_repo) each train in their
 own worker process of benchmarks/bench_training.py, on the same synthetic batch, taking
 turns in timed windows after their warm-up, so machine noise hits both alike. Every
-other flag is bench_training.py's (--xla, --device, --batch_size, ...), given to both.
+other flag of bench_training.py that concerns ours (--xla, --device, --batch_size, ...)
+is given to both; keras-hub's, the GEMM peak's and --output have no use here.
 Prints, per config and precision, each side's median seq/s and the ratio of every pair
 of windows (after / before): the figure to quote for a change meant to be faster.
 """
@@ -53,15 +54,19 @@ def compare(args: argparse.Namespace, config: str, precision: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Every other flag is benchmarks/bench_training.py's (see its --help).",
+    )
     parser.add_argument("--baseline_repo", required=True, help="the checkout to compare with")
     own, rest = parser.parse_known_args(argv)
     args = bench_training.parse_args(rest)
     args.baseline_repo = os.path.abspath(own.baseline_repo)
     if not os.path.isfile(os.path.join(args.baseline_repo, "modeling.py")):
         parser.error(f"--baseline_repo={own.baseline_repo}: no bert-gpu checkout there")
-    if args.warm_up_together:
-        parser.error("--warm_up_together: not supported here (sides warm up one by one)")
+    for flag in ("--warm_up_together", "--ours_only", "--theirs_only", "--output"):
+        if any(arg == flag or arg.startswith(flag + "=") for arg in rest):
+            parser.error(f"{flag}: not used here (both sides are bert-gpu, warmed up in turn)")
     print(f"before: {args.baseline_repo}\nafter: {args.ours_repo}\n")
     print(
         "| config | precision | before seq/s | after seq/s | after / before (medians) "

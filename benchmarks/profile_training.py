@@ -99,9 +99,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--top", type=int, default=25, help="rows of the report")
+
+    def boolean(text: str) -> bool:
+        if text.lower() not in ("true", "false"):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        return text.lower() == "true"
+
     parser.add_argument(
         "--xla",
-        type=lambda text: {"true": True, "false": False}[text.lower()],
+        type=boolean,
         default=True,
         help="false: profile the uncompiled step, by TensorFlow operation",
     )
@@ -113,6 +119,8 @@ def main(argv: list[str]) -> int:
         "compare 1 with 2 to see which operations do not scale with cores",
     )
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error(f"--threads={args.threads}: expected 0 (TensorFlow's default) or more")
 
     dump_dir = tempfile.mkdtemp(prefix="bert-gpu-hlo-")
     logdir = tempfile.mkdtemp(prefix="bert-gpu-profile-")

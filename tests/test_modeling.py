@@ -750,8 +750,8 @@ def test_column_sums_helpers_against_numpy():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 5, 4)).astype(np.float32)
     np.testing.assert_allclose(modeling.column_sums(tf.constant(x)), x.sum(axis=(0, 1)), rtol=1e-6)
-    # Half precision sums in float32: 1 + 256 · 2⁻⁹ = 1.5 is exact in bfloat16, but a
-    # bfloat16 running sum (8 significant bits) stays at 1 from the first 2⁻⁹ on.
+    # Half precision in, half precision out: 1 + 256 · 2⁻⁹ = 1.5 is exact in bfloat16,
+    # where a running sum with its 8 significant bits would stay at 1.
     halves = tf.constant([[1.0]] + [[2.0**-9]] * 256, tf.bfloat16)
     summed = modeling.column_sums(halves)
     assert summed.dtype == tf.bfloat16 and float(summed[0]) == 1.5
@@ -777,6 +777,34 @@ def test_column_sums_helpers_against_numpy():
 
     with pytest.raises(ValueError, match="column_sums='sum'.*reduce.*matmul"):
         modeling.BertPretrainingModel(tiny_config(), column_sums="sum")
+    with pytest.raises(ValueError, match="use_bias=True"):
+        modeling.Dense(4, "matmul", use_bias=False)
+    with pytest.raises(ValueError, match="rms_scaling"):
+        modeling.LayerNorm("matmul", rms_scaling=True)
+    for layer in (modeling.Dense(4, "matmul"), modeling.LayerNorm("matmul")):
+        again = type(layer).from_config(layer.get_config())
+        assert again.column_sums == "matmul"
+    assert modeling.LayerNorm().epsilon == modeling.LAYER_NORM_EPSILON
+
+
+def test_bias_gradient_in_bfloat16_is_one_rounding_of_the_float32_sum(restore_dtype_policy):
+    # Under mixed_bfloat16 the gradient reaching the bias is bfloat16; summed by matmul it
+    # accumulates in float32 and is rounded to bfloat16 once: within 2⁻⁸ relative of the
+    # exact sum of the bfloat16 values (plus float32 accumulation, far smaller).
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(2, 64, 8)), tf.float32)
+    upstream = rng.normal(size=(2, 64, 8)).astype(np.float32)
+    dense = modeling.Dense(8, "matmul", dtype="mixed_bfloat16")
+    with tf.GradientTape() as tape:
+        y = dense(x)
+    assert y.dtype == tf.bfloat16
+    (bias_grad,) = tape.gradient(
+        y, [dense.bias], output_gradients=tf.constant(upstream, tf.bfloat16)
+    )
+    assert bias_grad.dtype == tf.float32
+    rounded = tf.cast(tf.cast(upstream, tf.bfloat16), tf.float64).numpy()
+    exact = rounded.sum(axis=(0, 1))
+    assert (np.abs(bias_grad.numpy() - exact) <= 2.0**-8 * np.abs(exact) + 1e-5).all()
 
 
 @pytest.fixture
