@@ -248,7 +248,7 @@ class _AdamFamily(tf.Module):
         return self.decay_flags[index]
 
     def update(
-        self, index: int, variable, gradient, learning_rate, count=None, slots=None
+        self, index: int, variable, gradient, learning_rate, count=None, slots=None, apply=None
     ) -> tf.Operation | None:
         """Applies one update to variable `index` and its slots.
 
@@ -266,6 +266,13 @@ class _AdamFamily(tf.Module):
             count: the 1-based number of this update (float or tensor); needed by
                 optimizers with bias correction (LAMB), ignored by AdamW.
             slots: (m, v) variables to use instead of `self.slots(index)`.
+            apply: None, or a bool scalar tensor: where false, the variable and its slots
+                keep their values (a skipped step), without a branch: the gradient and
+                the learning rate become 0, each moment's decay 1 and its gradient
+                weight 0, so m, v and the variable come out unchanged (the state is
+                finite) and a compiled update stays one loop per variable. (Under XLA a
+                `tf.cond` around the update became selects that doubled its time.)
+                Where true, the update is the one without `apply`.
 
         Returns:
             The grouped assignment op (None when executing eagerly).
@@ -274,13 +281,27 @@ class _AdamFamily(tf.Module):
         m, v = slots if slots is not None else self.slots(index)
         gradient = tf.convert_to_tensor(gradient, dtype=tf.float32)
         learning_rate = tf.convert_to_tensor(learning_rate, dtype=tf.float32)
-        return self._apply(index, variable, m, v, gradient, learning_rate, count)
+        # Each moment's (decay, gradient weight); 1 - beta in Python's double precision.
+        moments = ((self.beta_1, 1.0 - self.beta_1), (self.beta_2, 1.0 - self.beta_2))
+        if apply is not None:
+            apply = tf.convert_to_tensor(apply, tf.bool)
+            gradient = tf.where(apply, gradient, 0.0)
+            learning_rate = tf.where(apply, learning_rate, 0.0)
+            moments = tuple(
+                (
+                    tf.where(apply, tf.constant(decay), 1.0),
+                    tf.where(apply, tf.constant(weight), 0.0),
+                )
+                for decay, weight in moments
+            )
+        return self._apply(index, variable, m, v, gradient, learning_rate, count, moments)
 
-    def _apply(self, index: int, variable, m, v, gradient, learning_rate, count):
+    def _apply(self, index: int, variable, m, v, gradient, learning_rate, count, moments):
         """`update` once its arguments are tensors and variables: the moments, then the
         step of `_step`, as plain TensorFlow operations."""
-        next_m = self.beta_1 * m + (1.0 - self.beta_1) * gradient
-        next_v = self.beta_2 * v + (1.0 - self.beta_2) * tf.square(gradient)
+        (decay_1, weight_1), (decay_2, weight_2) = moments
+        next_m = decay_1 * m + weight_1 * gradient
+        next_v = decay_2 * v + weight_2 * tf.square(gradient)
         step = self._step(index, variable, next_m, next_v, count)
         next_variable = variable - learning_rate * step
         return tf.group(m.assign(next_m), v.assign(next_v), variable.assign(next_variable))
@@ -337,7 +358,7 @@ class AdamWeightDecay(_AdamFamily):
         super().__init__(variables, names, name="adam_weight_decay", **kwargs)
         self.fused = fused
 
-    def _apply(self, index: int, variable, m, v, gradient, learning_rate, count):
+    def _apply(self, index: int, variable, m, v, gradient, learning_rate, count, moments):
         """`_AdamFamily._apply`; with `fused`, in TensorFlow's Adam kernel.
 
         `ResourceApplyAdam` with both beta powers 0 turns its bias correction off (its
@@ -358,7 +379,7 @@ class AdamWeightDecay(_AdamFamily):
         term is unchanged). Nothing else differs beyond float32 rounding.
         """
         if not self.fused:
-            return super()._apply(index, variable, m, v, gradient, learning_rate, count)
+            return super()._apply(index, variable, m, v, gradient, learning_rate, count, moments)
         decay = []
         if self.decay_flags[index]:
             decay = [variable.assign_sub(variable * (learning_rate * self.weight_decay_rate))]
@@ -370,8 +391,8 @@ class AdamWeightDecay(_AdamFamily):
                 beta1_power=tf.constant(0.0),
                 beta2_power=tf.constant(0.0),
                 lr=learning_rate,
-                beta1=tf.constant(self.beta_1),
-                beta2=tf.constant(self.beta_2),
+                beta1=tf.convert_to_tensor(moments[0][0], tf.float32),  # 1 when skipping
+                beta2=tf.convert_to_tensor(moments[1][0], tf.float32),
                 epsilon=tf.constant(self.epsilon),
                 grad=gradient,
             )

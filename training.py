@@ -473,20 +473,25 @@ class Trainer:
         # into the sum of squares): one scalar test instead of one per tensor.
         finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(loss)
 
-        def update():
+        def update(apply=None):
             clipped, _ = tf.clip_by_global_norm(grads, CLIP_NORM, use_norm=grad_norm)
             ops = []
             for index, (variable, grad) in enumerate(zip(self._model_variables, clipped)):
                 slots = tuple(_local_component(s, local_index) for s in self.optimizer.slots(index))
                 variable = _local_component(variable, local_index)
                 ops.append(
-                    self.optimizer.update(index, variable, grad, learning_rate, count, slots=slots)
+                    self.optimizer.update(
+                        index, variable, grad, learning_rate, count, slots=slots, apply=apply
+                    )
                 )
             with tf.control_dependencies(ops):
-                return tf.constant(True)
+                return tf.constant(True) if apply is None else tf.identity(apply)
 
-        applied = tf.cond(finite, update, lambda: tf.constant(False))
-        return grad_norm, applied
+        if self.xla:
+            # Compiled, a branch around the update became per-variable selects that
+            # doubled its time; the optimizer folds the skip into its coefficients.
+            return grad_norm, update(apply=finite)
+        return grad_norm, tf.cond(finite, update, lambda: tf.constant(False))
 
     def _replica_work(self, batch, mlm_count, nsp_count, learning_rate, count, loss_scale, step):
         """Everything one replica does in a step; runs under `strategy.run`."""

@@ -354,6 +354,51 @@ def test_update_accepts_keras_variable_and_skips_missing_gradients():
     assert not np.allclose(bias.numpy(), 1.0)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw_fused", "lamb"])
+def test_update_with_apply_is_the_update_or_leaves_everything_unchanged(optimizer, jit_compile):
+    # `apply` folds a skipped step into the coefficients: true gives bit for bit the update
+    # without it (a second optimizer, same state, same gradient), false leaves the weights
+    # and slots bit for bit as they were, even for a NaN gradient.
+    rng = np.random.default_rng(5)
+    names = ["layer/kernel", "layer/LayerNorm/gamma"]
+    start = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
+    grads = [rng.normal(size=v.shape).astype(np.float32) for v in start]
+
+    def build():
+        variables = [tf.Variable(v) for v in start]
+        kind = {"adamw": AdamWeightDecay, "adamw_fused": AdamWeightDecay, "lamb": optimization.Lamb}
+        extra = {"fused": True} if optimizer == "adamw_fused" else {}
+        opt = kind[optimizer](variables, names, **extra)
+        moments = np.random.default_rng(6)  # a state after some steps: m and v not zero
+        for m, v in zip(opt.m, opt.v):
+            m.assign(moments.normal(size=m.shape).astype(np.float32) * 0.1)
+            v.assign(np.abs(moments.normal(size=v.shape)).astype(np.float32) * 0.01)
+        return variables, opt
+
+    def state(variables, opt):
+        return [x.numpy() for x in (*variables, *opt.m, *opt.v)]
+
+    plain, gated = build(), build()
+
+    def step(opt, gradients, apply):
+        for index, (variable, gradient) in enumerate(zip(opt.model_variables, gradients)):
+            opt.update(index, variable, gradient, 0.01, count=3.0, apply=apply)
+
+    run = tf.function(step, jit_compile=jit_compile, autograph=False)
+    run(plain[1], [tf.constant(g) for g in grads], None)
+    run(gated[1], [tf.constant(g) for g in grads], tf.constant(True))
+    for expected, actual in zip(state(*plain), state(*gated)):
+        np.testing.assert_array_equal(actual, expected)
+    assert not np.array_equal(state(*gated)[0], start[0])  # it did update
+
+    before = state(*gated)
+    nan = [np.full_like(g, np.nan) for g in grads]
+    run(gated[1], [tf.constant(g) for g in nan], tf.constant(False))
+    for expected, actual in zip(before, state(*gated)):
+        np.testing.assert_array_equal(actual, expected)
+
+
 def test_sparse_gradient_equals_its_dense_form():
     # Embedding lookups give IndexedSlices gradients; the update densifies them, so rows
     # that were not looked up still decay their m and v, as in the original.
