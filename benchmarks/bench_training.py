@@ -847,6 +847,13 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
     return "\n".join(lines) + "\n"
 
 
+def boolean(text: str) -> bool:
+    """An argparse type for true/false flags (--xla=false)."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+    return text.lower() == "true"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -864,11 +871,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             return chosen
 
         return parse
-
-    def boolean(text):
-        if text.lower() not in ("true", "false"):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
-        return text.lower() == "true"
 
     def sizes(text):
         return [int(n) for n in text.split(",") if n.strip()]

@@ -100,14 +100,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--top", type=int, default=25, help="rows of the report")
 
-    def boolean(text: str) -> bool:
-        if text.lower() not in ("true", "false"):
-            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-        return text.lower() == "true"
-
     parser.add_argument(
         "--xla",
-        type=boolean,
+        type=bench_training.boolean,
         default=True,
         help="false: profile the uncompiled step, by TensorFlow operation",
     )
