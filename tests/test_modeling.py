@@ -749,7 +749,15 @@ def test_column_sums_by_matmul_match_the_numpy_backward_pass(model_and_weights, 
 def test_column_sums_helpers_against_numpy():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 5, 4)).astype(np.float32)
-    np.testing.assert_allclose(modeling.column_sums(tf.constant(x)), x.sum(axis=(0, 1)), rtol=1e-6)
+
+    def assert_sum_of(actual, terms):
+        # A float32 sum of n terms (each formed with at most one rounding) is within
+        # (n + 1)·U32·Σ|terms| of the exact sum, whatever the order (Higham, ch. 4).
+        terms = np.asarray(terms, np.float64).reshape(-1, terms.shape[-1])
+        bound = (len(terms) + 1) * nb.U32 * np.abs(terms).sum(axis=0)
+        assert (np.abs(np.asarray(actual, np.float64) - terms.sum(axis=0)) <= bound).all()
+
+    assert_sum_of(modeling.column_sums(tf.constant(x)), x)
     # Half precision in, half precision out: 1 + 256 · 2⁻⁹ = 1.5 is exact in bfloat16,
     # where a running sum with its 8 significant bits would stay at 1.
     halves = tf.constant([[1.0]] + [[2.0**-9]] * 256, tf.bfloat16)
@@ -765,15 +773,21 @@ def test_column_sums_helpers_against_numpy():
         x_t, bias_t, scale_t, offset_t = variables
         shifted = modeling.add_bias(x_t, bias_t)
         affine = modeling.scale_and_offset(x_t, scale_t, offset_t)
-    np.testing.assert_allclose(shifted, x + bias, rtol=1e-6)
-    np.testing.assert_allclose(affine, x * scale + offset, rtol=1e-6, atol=1e-6)
+    # One float32 rounding: x + bias and dy·scale are exact to the float32 result; the
+    # affine map rounds twice (or once, fused): within 3·U32·(|x·scale| + |offset|) (two
+    # roundings, 2·U32, and their second-order term, far below the third).
+    np.testing.assert_array_equal(shifted, x + bias)
+    affine_error = np.abs(
+        affine.numpy().astype(np.float64) - (x.astype(np.float64) * scale + offset)
+    )
+    assert (affine_error <= 3 * nb.U32 * (np.abs(x * scale) + np.abs(offset))).all()
     grads = tape.gradient(shifted, [x_t, bias_t], output_gradients=tf.constant(dy))
     np.testing.assert_array_equal(grads[0], dy)
-    np.testing.assert_allclose(grads[1], dy.sum(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+    assert_sum_of(grads[1], dy)
     grads = tape.gradient(affine, [x_t, scale_t, offset_t], output_gradients=tf.constant(dy))
-    np.testing.assert_allclose(grads[0], dy * scale, rtol=1e-6)
-    np.testing.assert_allclose(grads[1], (dy * x).sum(axis=(0, 1)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(grads[2], dy.sum(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(grads[0], dy * scale)
+    assert_sum_of(grads[1], dy.astype(np.float64) * x)
+    assert_sum_of(grads[2], dy)
 
     with pytest.raises(ValueError, match="column_sums='sum'.*reduce.*matmul"):
         modeling.BertPretrainingModel(tiny_config(), column_sums="sum")
@@ -789,8 +803,9 @@ def test_column_sums_helpers_against_numpy():
 
 def test_bias_gradient_in_bfloat16_is_one_rounding_of_the_float32_sum(restore_dtype_policy):
     # Under mixed_bfloat16 the gradient reaching the bias is bfloat16; summed by matmul it
-    # accumulates in float32 and is rounded to bfloat16 once: within 2⁻⁸ relative of the
-    # exact sum of the bfloat16 values (plus float32 accumulation, far smaller).
+    # accumulates in float32 and is rounded to bfloat16 once: within 2⁻⁸ (bfloat16's unit
+    # roundoff) relative of the float32 sum, which is within n·U32·Σ|terms| of the exact
+    # sum of the n = 128 bfloat16 values (Higham, ch. 4).
     rng = np.random.default_rng(4)
     x = tf.constant(rng.normal(size=(2, 64, 8)), tf.float32)
     upstream = rng.normal(size=(2, 64, 8)).astype(np.float32)
@@ -804,7 +819,9 @@ def test_bias_gradient_in_bfloat16_is_one_rounding_of_the_float32_sum(restore_dt
     assert bias_grad.dtype == tf.float32
     rounded = tf.cast(tf.cast(upstream, tf.bfloat16), tf.float64).numpy()
     exact = rounded.sum(axis=(0, 1))
-    assert (np.abs(bias_grad.numpy() - exact) <= 2.0**-8 * np.abs(exact) + 1e-5).all()
+    accumulation = 128 * nb.U32 * np.abs(rounded).sum(axis=(0, 1))
+    bound = 2.0**-8 * (np.abs(exact) + accumulation) + accumulation
+    assert (np.abs(bias_grad.numpy() - exact) <= bound).all()
 
 
 @pytest.fixture
