@@ -307,12 +307,18 @@ def _initializer(config: BertConfig) -> keras.initializers.Initializer:
 
 
 # How the backward pass sums a gradient over its rows (the gradients of the dense layers'
-# biases and of LayerNorm's scale and offset). "reduce": TensorFlow's own gradients.
-# "matmul": one [1, R] × [R, N] product with ones. The trainer uses "matmul" in steps XLA
-# compiles for CPUs: there XLA fuses a row sum with the elementwise operations producing
-# its input and runs it as a tree of windowed sums, 31-59 ms per BERT-small layer for the
-# [4096, 2048] GELU gradient where summing the stored tensor takes 3 ms; the product reads
-# the stored gradient, as the weight gradient's product does.
+# biases and of LayerNorm's scale and offset). "reduce": a sum over the rows. "matmul": one
+# [1, R] × [R, N] product with ones. The trainer uses "matmul" in steps XLA compiles for
+# CPUs: there XLA fuses a row sum with the elementwise operations producing its input and
+# runs it as a tree of windowed sums, 31-59 ms per BERT-small layer for the [4096, 2048]
+# GELU gradient where summing the stored tensor takes 3 ms; the product reads the stored
+# gradient, as the weight gradient's product does. Either way half-precision gradients
+# are cast to float32 and summed, then rounded once: the gradient of tf.nn.bias_add, which
+# Keras's own Dense uses, sums a bfloat16 gradient in bfloat16, with XLA and without (a
+# bias gradient near 1,000, summed over 2,048 rows, came out 30% low), and which of
+# TensorFlow's CPU kernels sum half types in float32 differs by kernel and type (see
+# test_bias_gradient_in_half_precision_is_one_rounding_of_the_float32_sum). Under XLA the
+# cast fuses into the sum; without XLA it is one more pass over each gradient.
 COLUMN_SUMS = ("reduce", "matmul")
 
 
@@ -322,40 +328,57 @@ def _check_column_sums(column_sums: str) -> str:
     return column_sums
 
 
-def column_sums(x: tf.Tensor) -> tf.Tensor:
-    """Sums `x` [..., N] over every axis but the last, as one matrix product with ones.
+def column_sums(x: tf.Tensor, method: str = "matmul") -> tf.Tensor:
+    """Sums `x` [..., N] over every axis but the last, by `method` (see COLUMN_SUMS).
 
     Half-precision inputs are summed in float32 and the [N] result rounded back once.
     """
     # (If XLA's simplifier ever turns a product with ones back into a reduction, the
     # profile of a CPU step shows `reduce-window` again: benchmarks/profile_training.py.)
+    _check_column_sums(method)
     with tf.name_scope("column_sums"):
         n = x.shape[-1]
         rows = tf.reshape(x, [-1, n])  # [R, N]
         if rows.dtype != tf.float32:
             rows = tf.cast(rows, tf.float32)
-        ones = tf.ones([1, tf.shape(rows)[0]], tf.float32)
-        return tf.cast(tf.reshape(tf.matmul(ones, rows), [n]), x.dtype)
+        if method == "reduce":
+            # The kernel of TensorFlow's own bias gradient: on CPUs twice as fast as
+            # reduce_sum. (Given a half type it sums bfloat16 in bfloat16; cast first.)
+            sums = tf.raw_ops.BiasAddGrad(out_backprop=rows)
+        else:
+            ones = tf.ones([1, tf.shape(rows)[0]], tf.float32)
+            sums = tf.reshape(tf.matmul(ones, rows), [n])
+        return tf.cast(sums, x.dtype)
 
 
-@tf.custom_gradient
-def add_bias(x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
-    """x + bias ([..., N] + [N]); the bias gradient is `column_sums` of the incoming one."""
-    return x + bias, lambda dy: (dy, column_sums(dy))
+def add_bias(x: tf.Tensor, bias: tf.Tensor, method: str = "matmul") -> tf.Tensor:
+    """x + bias ([..., N] + [N]); the bias gradient is `column_sums(dy, method)`."""
+
+    @tf.custom_gradient
+    def biased(x, bias):
+        return x + bias, lambda dy: (dy, column_sums(dy, method))
+
+    return biased(x, bias)
 
 
-@tf.custom_gradient
-def scale_and_offset(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+def scale_and_offset(
+    x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, method: str = "matmul"
+) -> tf.Tensor:
     """x·scale + offset ([..., N] with [N], [N]); scale and offset gradients by `column_sums`."""
 
-    def grad(dy):
-        return dy * scale, column_sums(dy * x), column_sums(dy)
+    @tf.custom_gradient
+    def scaled(x, scale, offset):
+        def grad(dy):
+            return dy * scale, column_sums(dy * x, method), column_sums(dy, method)
 
-    return x * scale + offset, grad
+        return x * scale + offset, grad
+
+    return scaled(x, scale, offset)
 
 
 class Dense(keras.layers.Dense):
-    """keras.layers.Dense, with the bias gradient by matmul when `column_sums="matmul"`."""
+    """keras.layers.Dense whose bias gradient is `column_sums(..., column_sums)`: summed in
+    float32 in half precision, by a product with ones when `column_sums="matmul"`."""
 
     def __init__(self, units: int, column_sums: str = "reduce", **kwargs: Any):
         super().__init__(units, **kwargs)
@@ -367,10 +390,10 @@ class Dense(keras.layers.Dense):
         return {**super().get_config(), "column_sums": self.column_sums}
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        if self.column_sums == "reduce":
+        if not self.use_bias:
             return super().call(inputs)
         x = keras.ops.matmul(inputs, self.kernel)
-        return self.activation(add_bias(x, tf.cast(self.bias, x.dtype)))
+        return self.activation(add_bias(x, tf.cast(self.bias, x.dtype), self.column_sums))
 
 
 class LayerNorm(keras.layers.LayerNormalization):
@@ -645,7 +668,7 @@ class SelfAttention(keras.layers.Layer):
         bias = tf.concat([tf.cast(d.bias, x.dtype) for d in dense], axis=0)  # [3H]
         hidden_size = self.num_heads * self.head_size
         qkv = tf.matmul(tf.reshape(x, [-1, hidden_size]), kernel)  # [B·S, 3H]
-        qkv = add_bias(qkv, bias) if self.column_sums == "matmul" else qkv + bias
+        qkv = add_bias(qkv, bias, self.column_sums)
         qkv = tf.reshape(qkv, [batch_size, seq_length, 3, self.num_heads, self.head_size])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, N, S, D]
         # Unstacked, not indexed: the gradient of an unstack is one stack, while each of
@@ -878,7 +901,8 @@ class BertPretrainingModel(keras.Model):
     "hash") picks how every dropout site draws its masks (see StatelessDropout),
     `column_sums` ("reduce" or "matmul") how the backward pass sums bias and LayerNorm
     gradients over rows (see COLUMN_SUMS); neither changes what is computed beyond rounding
-    (the masks: which units drop; in bf16, the column sums by matmul accumulate in float32).
+    (the masks: which units drop). Either way, half-precision gradients are summed in
+    float32.
 
     Attributes:
         config: the BertConfig.

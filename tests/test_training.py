@@ -719,12 +719,13 @@ def test_steps_per_loop_runs_the_very_same_steps(workspace):
 
 
 def test_bf16_replicas_train_like_one_device_within_bfloat16_rounding(workspace):
-    # bfloat16 keeps 8 significant bits (unit roundoff u = 2^-9). One device and two
+    # bfloat16 keeps 8 significant bits (unit roundoff u = 2^-8). One device and two
     # replicas compute every example's forward pass alike; they differ in how the
     # weight gradients of a Dense layer (X^T·dY, rounded to bfloat16 once per replica)
     # are split: each replica's partial sum is rounded, then the partials are added.
     # Hence per step: losses equal up to float32 summation (the first step, same
-    # weights) and gradient norms within 2·u relative per rounding, 2 roundings: 2^-7.
+    # weights) and gradient norms within u relative per rounding, one rounding on each
+    # side: 2·u = 2^-7.
     start = initial_weights(workspace)
     overrides = dict(precision="bf16", num_warmup_steps=0)
     one, one_metrics = run_steps(workspace, 1, 8, 2, init_weights=start, **overrides)
