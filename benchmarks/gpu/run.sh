@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of BENCHMARKS.md and a GPU smoke run of the demo, on one NVIDIA GPU.
 #
-#   benchmarks/gpu/run.sh OUTPUT_DIR [STEP ...]  # default: probe replicas large base demo cpu_bf16
+#   benchmarks/gpu/run.sh OUTPUT_DIR [STEP ...]
+#   # default: probe replicas precision large base demo cpu_bf16
 #
 # Needs a Python (PYTHON, default python3) that imports TensorFlow 2.21 with CUDA
 # (pip install "tensorflow[and-cuda]==2.21.0" keras-hub==0.32.0; see offline_env.sh for a
@@ -15,6 +16,10 @@
 # replicas  the --num_gpus=2 code path (XLA clusters per replica, all-reduce between) on
 #           the GPU split into two logical GPUs, against one replica with the whole batch,
 #           fp32 and bf16, to the tests' tolerances (benchmarks/gpu/replicas.py).
+# precision the bf16 and fp16 gradients of BERT-mini against float32, by variable group,
+#           ours with and without XLA against Keras's own dense layer
+#           (benchmarks/precision_gradients.py): do the bias gradients sum in the half
+#           type on the GPU? (Not yet run on a GPU; 3 minutes on 2 CPU cores for 12 ways.)
 # large     bench_training.py on the GPU, BERT-large at sequence length 128, batch 64, bf16
 # base      and fp16, ours against keras-hub's BertMaskedLM (base: batch 128); all workers
 #           of a model compile together, then are timed one at a time. On an H200 with 16
@@ -30,7 +35,7 @@
 set -u -o pipefail
 out=${1:?usage: benchmarks/gpu/run.sh OUTPUT_DIR [STEP ...]}
 shift
-steps=${*:-probe replicas large base demo cpu_bf16}
+steps=${*:-probe replicas precision large base demo cpu_bf16}
 py=${PYTHON:-python3}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
@@ -65,6 +70,12 @@ fi
 if wanted replicas; then
     step replicas 240 "$py" benchmarks/gpu/replicas.py
     grep -E '^(replicas|fp32|bf16)' "$out/replicas.log"
+fi
+
+if wanted precision; then
+    step precision 240 "$py" benchmarks/precision_gradients.py --device=gpu --config=mini \
+        --precisions=bf16,fp16 --column_sums=keras,reduce --xla=true,false
+    grep -E '^\|' "$out/precision.log"
 fi
 
 bench=("$py" benchmarks/bench_training.py --device=gpu --warm_up_together --windows=3
