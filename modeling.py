@@ -356,7 +356,8 @@ def add_bias(x: tf.Tensor, bias: tf.Tensor, method: str = "matmul") -> tf.Tensor
 
     @tf.custom_gradient
     def biased(x, bias):
-        return x + bias, lambda dy: (dy, column_sums(dy, method))
+        # (bias_add, as Keras's Dense: without XLA a little faster than a broadcast add.)
+        return tf.nn.bias_add(x, bias), lambda dy: (dy, column_sums(dy, method))
 
     return biased(x, bias)
 

@@ -328,7 +328,8 @@ class Trainer:
             # inline Philox block; without XLA, TensorFlow's Philox kernel is the faster.
             # XLA's CPU compiler sums rows slowly where it fuses the sum with the input's
             # producer: there the gradients' column sums are products with ones (see
-            # modeling.COLUMN_SUMS). GPUs keep TensorFlow's gradients (not measured there).
+            # modeling.COLUMN_SUMS). Elsewhere they are sums over the rows (the "matmul"
+            # choice was not measured on GPUs); either way half types sum in float32.
             on_cpus = all_cpus(strategy.extended.worker_devices)
             self.model = modeling.BertPretrainingModel(
                 bert_config,

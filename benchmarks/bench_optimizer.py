@@ -36,7 +36,17 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="small")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the four variants")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="TensorFlow's intra- and inter-op threads (0: default)",
+    )
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error(f"--threads={args.threads}: expected 0 (TensorFlow's default) or more")
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     size = CONFIGS[args.config]
     model = modeling.BertPretrainingModel(
         modeling.BertConfig(
@@ -66,7 +76,10 @@ def main(argv: list[str]) -> int:
             label = f"{'fused kernel' if fused else 'plain ops'}, {'XLA' if xla else 'no XLA'}"
             variants[label] = tf.function(update, jit_compile=xla, autograph=False)
     parameters = sum(int(np.prod(v.shape)) for v in variables)
-    print(f"{args.config}: {len(variables)} variables, {parameters:,} parameters")
+    print(
+        f"{args.config}: {len(variables)} variables, {parameters:,} parameters, "
+        f"threads {args.threads or 'default'}"
+    )
     times = {label: [] for label in variants}
     for function in variants.values():
         function(grads)  # trace and compile
