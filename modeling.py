@@ -313,10 +313,11 @@ def _initializer(config: BertConfig) -> keras.initializers.Initializer:
 # runs it as a tree of windowed sums, 31-59 ms per BERT-small layer for the [4096, 2048]
 # GELU gradient where summing the stored tensor takes 3 ms; the product reads the stored
 # gradient, as the weight gradient's product does. Either way half-precision gradients
-# are cast to float32 and summed, then rounded once: the gradient of tf.nn.bias_add, which
-# Keras's own Dense uses, sums a bfloat16 gradient in bfloat16, with XLA and without (a
-# bias gradient near 1,000, summed over 2,048 rows, came out 30% low), and which of
-# TensorFlow's CPU kernels sum half types in float32 differs by kernel and type (see
+# are cast to float32 and summed, then rounded once: the CPU kernel of tf.nn.bias_add's
+# gradient, which Keras's own Dense uses, sums a bfloat16 gradient in bfloat16 (a bias
+# gradient near 1,000, summed over 2,048 rows, came out 29% low; XLA's lowering of it sums
+# in float32), and which of TensorFlow's CPU kernels sum half types in float32 differs
+# by kernel and type (see
 # test_bias_gradient_in_half_precision_is_one_rounding_of_the_float32_sum). Under XLA the
 # cast fuses into the sum; without XLA it is one more pass over each gradient.
 COLUMN_SUMS = ("reduce", "matmul")
@@ -339,14 +340,14 @@ def column_sums(x: tf.Tensor, method: str = "matmul") -> tf.Tensor:
     with tf.name_scope("column_sums"):
         n = x.shape[-1]
         rows = tf.reshape(x, [-1, n])  # [R, N]
-        if rows.dtype != tf.float32:
+        if rows.dtype in (tf.bfloat16, tf.float16):
             rows = tf.cast(rows, tf.float32)
         if method == "reduce":
             # The kernel of TensorFlow's own bias gradient: on CPUs twice as fast as
             # reduce_sum. (Given a half type it sums bfloat16 in bfloat16; cast first.)
             sums = tf.raw_ops.BiasAddGrad(out_backprop=rows)
         else:
-            ones = tf.ones([1, tf.shape(rows)[0]], tf.float32)
+            ones = tf.ones([1, tf.shape(rows)[0]], rows.dtype)
             sums = tf.reshape(tf.matmul(ones, rows), [n])
         return tf.cast(sums, x.dtype)
 
@@ -391,7 +392,7 @@ class Dense(keras.layers.Dense):
         return {**super().get_config(), "column_sums": self.column_sums}
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        if not self.use_bias:
+        if not self.use_bias:  # (Keras's input spec already asks for rank 2 or more)
             return super().call(inputs)
         x = keras.ops.matmul(inputs, self.kernel)
         return self.activation(add_bias(x, tf.cast(self.bias, x.dtype), self.column_sums))
@@ -423,7 +424,8 @@ class LayerNorm(keras.layers.LayerNormalization):
         mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
         normalized = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
         scale, offset = tf.identity(self.gamma), tf.identity(self.beta)  # float32
-        return tf.cast(scale_and_offset(normalized, scale, offset), self.compute_dtype)
+        summed = scale_and_offset(normalized, scale, offset, self.column_sums)
+        return tf.cast(summed, self.compute_dtype)
 
 
 def _dense(

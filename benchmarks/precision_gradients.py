@@ -5,8 +5,9 @@
 Builds one BERT (dropout off) with random initial weights, computes the gradient of the
 pretraining loss of one synthetic batch (bench_training.py's) in float32 without XLA, then
 the same weights' gradient under each mixed precision, each way the backward pass can sum
-bias and LayerNorm gradients (`modeling.COLUMN_SUMS`), with and without XLA, and with
-Keras's own dense layer (`keras`: its bias gradient is TensorFlow's `BiasAddGrad`). For each
+bias and LayerNorm gradients (`modeling.COLUMN_SUMS`), with and without XLA, and as the
+code before float32 bias sums did (`keras`: Keras's own dense layer, whose bias gradient
+is TensorFlow's `BiasAddGrad`, and the joint query/key/value bias added by `+`). For each
 group of variables it prints the median and the largest relative error
 ||g - g_fp32|| / ||g_fp32|| over the group's variables. Rounding of the products and
 activations alone puts every group near the half type's unit roundoff times a small factor
@@ -14,7 +15,8 @@ activations alone puts every group near the half type's unit roundoff times a sm
 The key projection's bias is left out: its exact gradient is zero (softmax does not change
 when every score of a query moves by the same amount), so its relative error means nothing.
 
-On a GPU (`--device=gpu`) it checks the paths a GPU runs (XLA on by default there).
+On a GPU (`--device=gpu`) it checks the paths a GPU runs (XLA on by default there); the
+float32 reference runs without TF32 there.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.device == "cpu":
         tf.config.set_visible_devices([], "GPU")
+    tf.config.experimental.enable_tensor_float_32_execution(False)  # a float32 reference
     size = bench_training.CONFIGS[args.config]
     config = modeling.BertConfig(
         vocab_size=args.vocab_size,
@@ -72,9 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     def gradients(precision: str, column_sums: str, xla: bool) -> dict[str, np.ndarray]:
         nonlocal weights
         keras.config.set_dtype_policy(bench_training.KERAS_POLICY[precision])
-        own = modeling.Dense.call
-        if column_sums == "keras":
-            modeling.Dense.call = keras.layers.Dense.call  # TensorFlow's bias gradient
+        own = modeling.Dense.call, modeling.add_bias
+        if column_sums == "keras":  # TensorFlow's bias gradients, as before
+            modeling.Dense.call = keras.layers.Dense.call
+            modeling.add_bias = lambda x, bias, method: x + bias
         try:
             model = modeling.BertPretrainingModel(
                 config, column_sums="reduce" if column_sums == "keras" else column_sums
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 
             values = tf.function(grads, jit_compile=xla)()
         finally:
-            modeling.Dense.call = own
+            modeling.Dense.call, modeling.add_bias = own
         return {name: value.numpy() for name, value in zip(names, values)}
 
     reference = gradients("fp32", "reduce", False)

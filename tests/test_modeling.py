@@ -759,6 +759,11 @@ def test_column_sums_helpers_against_numpy(method):
         assert (np.abs(np.asarray(actual, np.float64) - terms.sum(axis=0)) <= bound).all()
 
     assert_sum_of(modeling.column_sums(tf.constant(x), method), x)
+    # Float64 stays float64 (only half types are cast up): (n + 1)·2⁻⁵³·Σ|terms|.
+    doubles = modeling.column_sums(tf.constant(x, tf.float64), method)
+    error = np.abs(doubles.numpy() - x.astype(np.float64).sum(axis=(0, 1)))
+    assert doubles.dtype == tf.float64
+    assert (error <= 11 * 2.0**-53 * np.abs(x).sum(axis=(0, 1))).all()
     # Half precision in, half precision out: 1 + 256 · 2⁻⁹ = 1.5 is exact in bfloat16,
     # where a running sum with its 8 significant bits would stay at 1.
     halves = tf.constant([[1.0]] + [[2.0**-9]] * 256, tf.bfloat16)
@@ -818,10 +823,13 @@ def test_bias_gradient_in_half_precision_is_one_rounding_of_the_float32_sum(
     # type's unit roundoff u (2⁻⁸ for bfloat16, 2⁻¹¹ for float16) relative of the float32
     # sum (then cast to the float32 variable's dtype exactly), which is within
     # n·U32·Σ|terms| of the exact sum of the n = 2,048 half values (Higham, ch. 4). The
-    # gradient of tf.nn.bias_add (Keras's Dense) sums bfloat16 in bfloat16, with XLA and
-    # without: with 8 significant bits a running sum near 1,000 drops terms near 1 (29%
-    # low here; Keras's Dense fails all three bfloat16 executions). TensorFlow's CPU
-    # reduce_sum, given float16, is off by several float16 roundings too.
+    # CPU kernel of tf.nn.bias_add's gradient (Keras's Dense) sums bfloat16 in bfloat16:
+    # with 8 significant bits a running sum near 1,000 drops terms near 1 (29% low here;
+    # Keras's Dense fails "eager" and "graph" in bfloat16; XLA's lowering sums in
+    # float32). TensorFlow's CPU reduce_sum, given float16, is off by several float16
+    # roundings too. The inputs are arguments of the compiled function: were they
+    # captured constants, TensorFlow would fold the gradient with its own CPU kernels
+    # before XLA saw it.
     dtype, unit_roundoff = HALF_TYPES[half]
     rng = np.random.default_rng(4)
     x = tf.constant(rng.normal(size=(16, 128, 8)), tf.float32)
@@ -829,16 +837,16 @@ def test_bias_gradient_in_half_precision_is_one_rounding_of_the_float32_sum(
     dense = modeling.Dense(8, method, dtype=f"mixed_{half}")
     dense.build(x.shape)
 
-    def bias_gradient():
+    def bias_gradient(x, upstream):
         with tf.GradientTape() as tape:
             y = dense(x)
         assert y.dtype == dtype
-        (gradient,) = tape.gradient(y, [dense.bias], output_gradients=tf.constant(upstream, dtype))
+        (gradient,) = tape.gradient(y, [dense.bias], output_gradients=upstream)
         return gradient
 
     if execution != "eager":
         bias_gradient = tf.function(bias_gradient, jit_compile=execution == "xla")
-    bias_grad = bias_gradient()
+    bias_grad = bias_gradient(x, tf.constant(upstream, dtype))
     assert bias_grad.dtype == tf.float32
     rounded = tf.cast(tf.cast(upstream, dtype), tf.float64).numpy()
     exact = rounded.sum(axis=(0, 1))
@@ -848,9 +856,9 @@ def test_bias_gradient_in_half_precision_is_one_rounding_of_the_float32_sum(
 
 
 def test_every_dense_layer_of_the_model_sums_its_bias_gradient_in_float32():
-    # Keras's own Dense adds its bias with tf.nn.bias_add, whose gradient (BiasAddGrad)
-    # sums bfloat16 in bfloat16, with XLA and without (the test above fails with it): the
-    # model's dense layers must all be modeling.Dense.
+    # Keras's own Dense adds its bias with tf.nn.bias_add, whose gradient's CPU kernel
+    # (BiasAddGrad) sums bfloat16 in bfloat16 (the test above fails with it): the model's
+    # dense layers must all be modeling.Dense.
     model = built_model(tiny_config())
     dense = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Dense)]
     assert len(dense) == 2 * 6 + 2  # per layer q, k, v, output, intermediate, ffn; pooler, MLM
