@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cpu":
         tf.config.set_visible_devices([], "GPU")
     tf.config.experimental.enable_tensor_float_32_execution(False)  # a float32 reference
+    keras.utils.set_random_seed(args.seed)  # the initial weights
     size = bench_training.CONFIGS[args.config]
     config = modeling.BertConfig(
         vocab_size=args.vocab_size,
@@ -170,6 +171,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="false and/or true",
     )
     add("--device", choices=bench_training.DEVICES, default="cpu")
+    add("--seed", type=int, default=0, help="of the initial weights")
     args = parser.parse_args(argv)
     args.xla = [value == "true" for value in args.xla]
     return args
