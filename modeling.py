@@ -313,12 +313,13 @@ def _initializer(config: BertConfig) -> keras.initializers.Initializer:
 # runs it as a tree of windowed sums, 31-59 ms per BERT-small layer for the [4096, 2048]
 # GELU gradient where summing the stored tensor takes 3 ms; the product reads the stored
 # gradient, as the weight gradient's product does. Either way half-precision gradients
-# are cast to float32 and summed, then rounded once: the CPU kernel of tf.nn.bias_add's
+# are cast to float32 and summed (and the float32 biases take that sum as it is, never
+# rounded to the half type: see Dense and add_bias): the CPU kernel of tf.nn.bias_add's
 # gradient, which Keras's own Dense uses, sums a bfloat16 gradient in bfloat16 (a bias
 # gradient near 1,000, summed over 2,048 rows, came out 29% low; XLA's lowering of it sums
 # in float32), and which of TensorFlow's CPU kernels sum half types in float32 differs
 # by kernel and type (see
-# test_bias_gradient_in_half_precision_is_one_rounding_of_the_float32_sum). Under XLA the
+# test_bias_gradient_in_half_precision_is_the_float32_sum). Under XLA the
 # cast fuses into the sum; without XLA it is one more pass over each gradient.
 COLUMN_SUMS = ("reduce", "matmul")
 
@@ -329,10 +330,11 @@ def _check_column_sums(column_sums: str) -> str:
     return column_sums
 
 
-def column_sums(x: tf.Tensor, method: str = "matmul") -> tf.Tensor:
+def column_sums(x: tf.Tensor, method: str = "matmul", dtype: Any = None) -> tf.Tensor:
     """Sums `x` [..., N] over every axis but the last, by `method` (see COLUMN_SUMS).
 
-    Half-precision inputs are summed in float32 and the [N] result rounded back once.
+    Half-precision inputs are summed in float32; the [N] result is cast once to `dtype`
+    (default: x's).
     """
     # (If XLA's simplifier ever turns a product with ones back into a reduction, the
     # profile of a CPU step shows `reduce-window` again: benchmarks/profile_training.py.)
@@ -349,16 +351,19 @@ def column_sums(x: tf.Tensor, method: str = "matmul") -> tf.Tensor:
         else:
             ones = tf.ones([1, tf.shape(rows)[0]], rows.dtype)
             sums = tf.reshape(tf.matmul(ones, rows), [n])
-        return tf.cast(sums, x.dtype)
+        return tf.cast(sums, dtype or x.dtype)
 
 
 def add_bias(x: tf.Tensor, bias: tf.Tensor, method: str = "matmul") -> tf.Tensor:
-    """x + bias ([..., N] + [N]); the bias gradient is `column_sums(dy, method)`."""
+    """x + bias ([..., N] + [N], the bias cast to x's dtype); the bias gradient is
+    `column_sums(dy, method)` in the bias's dtype: a float32 bias of a half-precision x
+    gets the float32 sum, never rounded to the half type."""
 
     @tf.custom_gradient
     def biased(x, bias):
         # (bias_add, as Keras's Dense: without XLA a little faster than a broadcast add.)
-        return tf.nn.bias_add(x, bias), lambda dy: (dy, column_sums(dy, method))
+        added = tf.nn.bias_add(x, tf.cast(bias, x.dtype))
+        return added, lambda dy: (dy, column_sums(dy, method, bias.dtype))
 
     return biased(x, bias)
 
@@ -380,7 +385,8 @@ def scale_and_offset(
 
 class Dense(keras.layers.Dense):
     """keras.layers.Dense whose bias gradient is `column_sums(..., column_sums)`: summed in
-    float32 in half precision, by a product with ones when `column_sums="matmul"`."""
+    float32 in half precision (and kept in float32: the bias is not autocast, `add_bias`
+    casts it), by a product with ones when `column_sums="matmul"`."""
 
     def __init__(self, units: int, column_sums: str = "reduce", **kwargs: Any):
         super().__init__(units, **kwargs)
@@ -391,11 +397,16 @@ class Dense(keras.layers.Dense):
     def get_config(self) -> dict:
         return {**super().get_config(), "column_sums": self.column_sums}
 
+    def add_weight(self, *args: Any, **kwargs: Any) -> keras.Variable:
+        if kwargs.get("name") == "bias":  # read in its own dtype; add_bias casts it
+            kwargs["autocast"] = False
+        return super().add_weight(*args, **kwargs)
+
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if not self.use_bias:  # (Keras's input spec already asks for rank 2 or more)
             return super().call(inputs)
         x = keras.ops.matmul(inputs, self.kernel)
-        return self.activation(add_bias(x, tf.cast(self.bias, x.dtype), self.column_sums))
+        return self.activation(add_bias(x, tf.identity(self.bias), self.column_sums))
 
 
 class LayerNorm(keras.layers.LayerNormalization):
@@ -668,7 +679,7 @@ class SelfAttention(keras.layers.Layer):
         batch_size, seq_length = tf.shape(x)[0], tf.shape(x)[1]
         dense = (self.query, self.key, self.value)
         kernel = tf.concat([tf.cast(d.kernel, x.dtype) for d in dense], axis=1)  # [H, 3H]
-        bias = tf.concat([tf.cast(d.bias, x.dtype) for d in dense], axis=0)  # [3H]
+        bias = tf.concat([tf.identity(d.bias) for d in dense], axis=0)  # [3H], float32
         hidden_size = self.num_heads * self.head_size
         qkv = tf.matmul(tf.reshape(x, [-1, hidden_size]), kernel)  # [B·S, 3H]
         qkv = add_bias(qkv, bias, self.column_sums)

@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     def gradients(precision: str, column_sums: str, xla: bool) -> dict[str, np.ndarray]:
         nonlocal weights
         keras.config.set_dtype_policy(bench_training.KERAS_POLICY[precision])
-        own = modeling.Dense.call, modeling.add_bias
+        own = modeling.Dense.call, modeling.Dense.add_weight, modeling.add_bias
         if column_sums == "keras":  # TensorFlow's bias gradients, as before
             modeling.Dense.call = keras.layers.Dense.call
-            modeling.add_bias = lambda x, bias, method: x + bias
+            modeling.Dense.add_weight = keras.layers.Dense.add_weight  # autocast biases
+            modeling.add_bias = lambda x, bias, method: x + tf.cast(bias, x.dtype)
         try:
             model = modeling.BertPretrainingModel(
                 config, column_sums="reduce" if column_sums == "keras" else column_sums
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
             values = tf.function(grads, jit_compile=xla)()
         finally:
-            modeling.Dense.call, modeling.add_bias = own
+            modeling.Dense.call, modeling.Dense.add_weight, modeling.add_bias = own
         return {name: value.numpy() for name, value in zip(names, values)}
 
     reference = gradients("fp32", "reduce", False)

@@ -15,8 +15,6 @@ import numpy as np
 U32 = 2.0**-24
 # Unit roundoff of bfloat16 (8 significant bits, 7 stored): 2^-8, as U32 = 2^-24 for 24.
 U_BF16 = 2.0**-8
-# Unit roundoff of float16 (11 significant bits).
-U_F16 = 2.0**-11
 
 LAYER_NORM_EPSILON = 1e-12
 MASK_ADDER = -10000.0
