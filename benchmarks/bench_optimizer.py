@@ -26,7 +26,7 @@ import cli  # noqa: E402
 cli.prepare_tensorflow_environment()
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 import tensorflow as tf  # noqa: E402
-from bench_training import CONFIGS  # noqa: E402
+from bench_training import CONFIGS, bert_config_of  # noqa: E402
 
 import modeling  # noqa: E402
 import optimization  # noqa: E402
@@ -48,16 +48,7 @@ def main(argv: list[str]) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     size = CONFIGS[args.config]
-    model = modeling.BertPretrainingModel(
-        modeling.BertConfig(
-            vocab_size=30522,
-            hidden_size=size.hidden_size,
-            num_hidden_layers=size.num_layers,
-            num_attention_heads=size.num_heads,
-            intermediate_size=size.intermediate_size,
-            type_vocab_size=2,
-        )
-    )
+    model = modeling.BertPretrainingModel(bert_config_of(size, 30522))
     model.build_weights()
     by_id = {id(v): name for name, v in modeling.original_name_map(model).items()}
     variables = list(model.trainable_variables)

@@ -88,6 +88,23 @@ CONFIGS = {
     "base": ModelSize(12, 768, 12, 3072),
     "large": ModelSize(24, 1024, 16, 4096),
 }
+
+
+def bert_config_of(size: ModelSize, vocab_size: int, **overrides):
+    """The modeling.BertConfig of a model size (imports modeling, hence TensorFlow)."""
+    import modeling
+
+    return modeling.BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=size.hidden_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        intermediate_size=size.intermediate_size,
+        type_vocab_size=2,
+        **overrides,
+    )
+
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Keras dtype policy and TensorFlow matmul dtype of each precision.
 KERAS_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
@@ -276,8 +293,6 @@ def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[
     import keras
     import tensorflow as tf
 
-    import modeling
-
     try:
         import training
     except ModuleNotFoundError as error:
@@ -310,14 +325,7 @@ def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[
         seed=spec["seed"],
         **options,
     )
-    bert_config = modeling.BertConfig(
-        vocab_size=spec["vocab_size"],
-        hidden_size=size.hidden_size,
-        num_hidden_layers=size.num_layers,
-        num_attention_heads=size.num_heads,
-        intermediate_size=size.intermediate_size,
-        type_vocab_size=2,
-    )
+    bert_config = bert_config_of(size, spec["vocab_size"])
     device = "/gpu:0" if spec["device"] == "gpu" else "/cpu:0"
     trainer = training.Trainer(tf.distribute.MirroredStrategy([device]), bert_config, config)
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
@@ -854,23 +862,26 @@ def boolean(text: str) -> bool:
     return text.lower() == "true"
 
 
+def names(allowed):
+    """An argparse type for a comma-separated subset of `allowed` (--configs=tiny,base)."""
+
+    def parse(text):
+        chosen = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in allowed]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected a comma-separated subset of {','.join(allowed)}"
+            )
+        return chosen
+
+    return parse
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-
-    def names(allowed):
-        def parse(text):
-            chosen = [name.strip() for name in text.split(",") if name.strip()]
-            unknown = [name for name in chosen if name not in allowed]
-            if unknown or not chosen:
-                raise argparse.ArgumentTypeError(
-                    f"{text!r}: expected a comma-separated subset of {','.join(allowed)}"
-                )
-            return chosen
-
-        return parse
 
     def sizes(text):
         return [int(n) for n in text.split(",") if n.strip()]

@@ -56,13 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         tf.config.set_visible_devices([], "GPU")
     tf.config.experimental.enable_tensor_float_32_execution(False)  # a float32 reference
     keras.utils.set_random_seed(args.seed)  # the initial weights
-    size = bench_training.CONFIGS[args.config]
-    config = modeling.BertConfig(
-        vocab_size=args.vocab_size,
-        hidden_size=size.hidden_size,
-        num_hidden_layers=size.num_layers,
-        num_attention_heads=size.num_heads,
-        intermediate_size=size.intermediate_size,
+    config = bench_training.bert_config_of(
+        bench_training.CONFIGS[args.config],
+        args.vocab_size,
         max_position_embeddings=max(512, args.seq_length),
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
@@ -131,18 +127,6 @@ def main(argv: list[str] | None = None) -> None:
                 print("| " + " | ".join(row) + " |", flush=True)
 
 
-def comma_list(allowed: tuple[str, ...]):
-    def parse(text: str) -> list[str]:
-        chosen = [name.strip() for name in text.split(",") if name.strip()]
-        if not chosen or any(name not in allowed for name in chosen):
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected a comma-separated subset of {','.join(allowed)}"
-            )
-        return chosen
-
-    return parse
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -155,19 +139,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add("--vocab_size", type=int, default=30522)
     add(
         "--precisions",
-        type=comma_list(("bf16", "fp16")),
+        type=bench_training.names(("bf16", "fp16")),
         default="bf16",
         help="bf16 and/or fp16",
     )
     add(
         "--column_sums",
-        type=comma_list(("keras", "reduce", "matmul")),
+        type=bench_training.names(("keras", "reduce", "matmul")),
         default="keras,reduce,matmul",
         help="keras: Keras's own dense layer; reduce, matmul: modeling.COLUMN_SUMS",
     )
     add(
         "--xla",
-        type=comma_list(("false", "true")),
+        type=bench_training.names(("false", "true")),
         default="false,true",
         help="false and/or true",
     )
