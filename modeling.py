@@ -316,9 +316,10 @@ def _initializer(config: BertConfig) -> keras.initializers.Initializer:
 # are cast to float32 and summed (and the float32 biases take that sum as it is, never
 # rounded to the half type: see Dense and add_bias): the CPU kernel of tf.nn.bias_add's
 # gradient, which Keras's own Dense uses, sums a bfloat16 gradient in bfloat16 (a bias
-# gradient near 1,000, summed over 2,048 rows, came out 29% low; XLA's lowering of it sums
-# in float32), and which of TensorFlow's CPU kernels sum half types in float32 differs
-# by kernel and type (see test_bias_gradient_in_half_precision_is_the_float32_sum).
+# gradient near 1,000, summed over 2,048 rows, came out 29% low; the GPU kernel lost
+# precision too, less; XLA's lowering of it sums in float32), and which of TensorFlow's
+# CPU kernels sum half types in float32 differs by kernel and type (see
+# test_bias_gradient_in_half_precision_is_the_float32_sum).
 # Under XLA the cast fuses into the sum; without XLA it is one more pass over each
 # gradient.
 COLUMN_SUMS = ("reduce", "matmul")

@@ -416,14 +416,16 @@ def test_cpu_bf16_matmul_is_read_from_the_cpu_flags(tmp_path):
 @pytest.mark.parametrize(
     "precision, device, cpu_bf16, expected",
     [
-        ("fp32", "CPU", True, True),
-        ("fp16", "CPU", True, True),
+        ("fp32", "CPU", False, True),  # e.g. AVX2 only: XLA's fusion wins
+        ("fp32", "CPU", True, False),  # AMX / AVX512-BF16: TensorFlow's oneDNN matmuls
+        ("fp16", "CPU", True, True),  # not measured there: XLA stays on
         ("bf16", "CPU", False, True),  # no bf16 matrix instructions: XLA's f32 matmuls
-        ("bf16", "CPU", True, False),  # AMX / AVX512-BF16: TensorFlow's own matmuls
+        ("bf16", "CPU", True, False),
         ("bf16", "GPU", True, True),
+        ("fp32", "GPU", True, True),
     ],
 )
-def test_xla_default_is_off_only_for_bf16_on_cpus_with_bf16_matmuls(
+def test_xla_default_is_off_only_for_fp32_and_bf16_on_cpus_with_bf16_matmuls(
     precision, device, cpu_bf16, expected
 ):
     devices = [f"/job:localhost/replica:0/task:0/device:{device}:{i}" for i in range(2)]
@@ -439,7 +441,8 @@ def test_xla_not_given_is_resolved_for_the_run_and_saved(workspace, tmp_path, mo
         workspace, out, num_train_steps=1, num_warmup_steps=0, xla=None, precision="bf16"
     )
     training.train_and_evaluate(config, strategy=strategy_over(1))
-    assert "no XLA (auto: bf16 on a CPU with bf16 matrix instructions" in capsys.readouterr().err
+    why = "no XLA (auto: bf16 on a CPU with bf16 matrix instructions (AMX or AVX512-BF16)"
+    assert why in capsys.readouterr().err
     assert json.loads((out / "train_config.json").read_text())["xla"] is False
     # Given, the flag wins; not given in a Trainer built directly, the default decides.
     bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
@@ -471,7 +474,9 @@ def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, mon
         config = make_config(workspace, tmp_path, **dict(dict(xla=None), **overrides))
         return training._resolve_xla(config, cluster, saved)
 
-    # fp32, flag not given: on for this worker, so on only if on for the other too.
+    # fp32, flag not given, a CPU without bf16 matmuls: on for this worker, so on only if
+    # on for the other too.
+    monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: False)
     assert resolve(1)[0].xla is True
     resolved, reason = resolve(0)
     assert resolved.xla is False and reason == "auto: off on another worker of the cluster"
@@ -483,6 +488,7 @@ def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, mon
     monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: True)
     with pytest.raises(ValueError, match="give every worker the same --xla or --noxla"):
         resolve(1, other_asked=True, precision="bf16")
+    monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: False)
     # Resuming, every worker reads the mode of the run from its shared output dir (a
     # saved value that is not a mode is ignored).
     resolved, reason = resolve(1, saved={"xla": True})

@@ -18,8 +18,9 @@ tests compare on CPUs (tests/test_training.py):
   2^-7, and the weight updates as the bf16 replica test bounds them.
 
 Prints one line per check and exits 1 when one fails. The all-reduce is the one
---num_gpus=2 uses (MirroredStrategy's default, NCCL on GPUs); where NCCL refuses two
-logical devices of one GPU, the script says so and uses HierarchicalCopyAllReduce.
+--num_gpus=2 uses, MirroredStrategy's default (CollectiveAllReduce, NCCL between GPUs; it
+accepted the two logical devices of one H100); where it fails on two logical devices of
+one GPU, the script says so and uses HierarchicalCopyAllReduce.
 """
 
 import argparse
