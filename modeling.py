@@ -733,6 +733,15 @@ class TransformerLayer(keras.layers.Layer):
         )
         self.ffn_layer_norm = _layer_norm("ffn_layer_norm", dtype, column_sums)
 
+    def build(self, input_shape: Any) -> None:
+        hidden = (None, None, self.ffn_output.units)  # [B, S, H]
+        # In the order a first call would create them (the same initial values).
+        self.attention.build(hidden)
+        self.attention_layer_norm.build(hidden)
+        self.intermediate.build(hidden)
+        self.ffn_output.build((None, None, self.intermediate.units))
+        self.ffn_layer_norm.build(hidden)
+
     def call(
         self,
         x: tf.Tensor,
@@ -788,6 +797,12 @@ class BertEncoder(keras.layers.Layer):
         self.pooler = _dense(
             config.hidden_size, config, "pooler", column_sums, activation="tanh", dtype=dtype
         )
+
+    def build(self, input_shape: Any) -> None:
+        self.embeddings.build(None)
+        for layer in self.transformer_layers:
+            layer.build(None)
+        self.pooler.build((None, self.config.hidden_size))
 
     def call(
         self,
@@ -974,22 +989,22 @@ class BertPretrainingModel(keras.Model):
         )
         return {"mlm_logits": mlm_logits, "nsp_logits": self.nsp_head(pooled_output)}
 
+    def build(self, input_shape: Any = None) -> None:
+        self.encoder.build(None)
+        self.mlm_head.build(None)
+        self.nsp_head.build(None)
+
     def build_weights(self) -> None:
-        """Creates every variable now, by running one one-token inference batch.
+        """Creates every variable now, from the config alone (nothing is traced or run).
 
         Call it under the distribution strategy's scope, before the first traced step.
-        The variables' shapes depend only on the config, not on the batch.
+        The variables' shapes depend only on the config, not on the batch. Each layer's
+        `build` creates its variables in the order a first call would (so with the same
+        initial values): left to Keras, the model would be traced once more just to
+        create them, 1.3 s of a 5 s start for the tests' two-layer model.
         """
-        ones = tf.ones([1, 1], tf.int32)
-        zeros = tf.zeros([1, 1], tf.int32)
-        self(
-            {
-                "input_ids": zeros,
-                "input_mask": ones,
-                "segment_ids": zeros,
-                "masked_lm_positions": zeros,
-            }
-        )
+        if not self.built:
+            self.build(None)
 
 
 # ---------------------------------------------------------------------------------------

@@ -462,6 +462,33 @@ def initial_weights(seed, config):
     return {name: v.numpy() for name, v in modeling.original_name_map(built_model(config)).items()}
 
 
+@pytest.mark.parametrize("dtype", [None, "mixed_bfloat16"])
+def test_build_weights_makes_the_variables_a_first_call_makes(dtype):
+    # build_weights creates the variables from the config, without tracing the model;
+    # Keras, left alone, creates them by tracing the first call. Both ways, with the same
+    # seed, must give the same variables: names, shapes, dtypes, autocasting, values (the
+    # initializers draw in creation order, so a change of order changes the values).
+    def made(by_call):
+        keras.utils.set_random_seed(5)
+        model = modeling.BertPretrainingModel(tiny_config(), dtype=dtype)
+        if by_call:
+            ids = tf.zeros([1, 1], tf.int32)
+            features = dict(input_ids=ids, input_mask=ids + 1, segment_ids=ids)
+            model(dict(features, masked_lm_positions=ids))
+        else:
+            model.build_weights()
+        return model.weights
+
+    by_call, built = made(by_call=True), made(by_call=False)
+    assert [v.path for v in built] == [v.path for v in by_call]
+    for a, b in zip(by_call, built):
+        assert (a.shape, a.dtype, a._autocast) == (b.shape, b.dtype, b._autocast), a.path
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # Embeddings (3 tables, LayerNorm), 2 layers of 16, pooler, MLM head (transform,
+    # LayerNorm, output bias), NSP head.
+    assert len(built) == 5 + 2 * 16 + 2 + 5 + 2
+
+
 def test_initial_weights_are_the_originals():
     # A non-default initializer_range (the original's is 0.02), and sizes that give
     # 4096-32768 samples per matrix (128 for the [2, H] ones), built in about a second.
