@@ -41,9 +41,19 @@ def tensorflow_environment() -> dict[str, str]:
     step at BERT-small on 2 cores); the BFC allocator keeps the memory it grew to and
     reuses it (300 faults a step; the step 1.1-1.2× as fast). Its own cap, 64 GB unless
     TF_CPU_BFC_MEM_LIMIT_IN_MB says otherwise, is raised to the machine's memory.
+
+    TF_ENABLE_ONEDNN_OPTS=1: TensorFlow's oneDNN kernels (matmuls, fused matmul + bias,
+    batched matmuls) for the operations XLA does not compile. TensorFlow turns them on by
+    itself only on CPUs with AVX512-VNNI, AVX512-BF16 or AMX; on a 2-core AMD EPYC (AVX2)
+    they made the uncompiled BERT-small step 1.21× as fast (the XLA step: the same within
+    noise; BENCHMARKS.md, "oneDNN's kernels on every x86 CPU").
     """
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    return {"TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPU_BFC_MEM_LIMIT_IN_MB": str(memory_mb)}
+    return {
+        "TF_CPU_ALLOCATOR_USE_BFC": "true",
+        "TF_CPU_BFC_MEM_LIMIT_IN_MB": str(memory_mb),
+        "TF_ENABLE_ONEDNN_OPTS": "1",
+    }
 
 
 def prepare_tensorflow_environment() -> None:

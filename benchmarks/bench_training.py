@@ -34,8 +34,9 @@ resolves to XLA) and each worker's TensorFlow allocates GPU memory as it grows, 
 workers of --warm_up_together fit side by side. fp16 is mixed precision with dynamic loss
 scaling on both sides (ours: --precision=fp16; keras-hub: mixed_float16 and Keras's
 LossScaleOptimizer). Ours' worker loads TensorFlow with the environment bert-gpu's scripts
-set (cli.tensorflow_environment: the BFC CPU allocator); keras-hub's with TensorFlow's
-defaults, as a keras-hub user runs it, or with the same allocator under --theirs_cpu_bfc.
+set (cli.tensorflow_environment: the BFC CPU allocator, oneDNN's kernels on every x86 CPU);
+keras-hub's with TensorFlow's defaults, as a keras-hub user runs it, or with the same
+environment under --theirs_cpu_bfc (the code alone).
 
 --warm_up_together starts every worker of one model (all precisions, both sides) at once,
 so their tracing and XLA compilation overlap (minutes on a GPU machine), then times the
@@ -238,7 +239,13 @@ def _prepare_environment(spec: dict) -> str:
     if hasattr(cli, "prepare_tensorflow_environment"):
         cli.prepare_tensorflow_environment()
     bfc = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
-    return "CPU allocator " + ("BFC (TF_CPU_ALLOCATOR_USE_BFC=true)" if bfc else "default")
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    return (
+        "CPU allocator "
+        + ("BFC (TF_CPU_ALLOCATOR_USE_BFC=true)" if bfc else "default")
+        + ", oneDNN "
+        + (f"TF_ENABLE_ONEDNN_OPTS={onednn}" if onednn else "TensorFlow's default for this CPU")
+    )
 
 
 def _configure_tensorflow(spec: dict):
@@ -906,8 +913,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add(
         "--theirs_cpu_bfc",
         action="store_true",
-        help="keras-hub with the BFC CPU allocator bert-gpu's scripts set "
-        "(TF_CPU_ALLOCATOR_USE_BFC=true); default: TensorFlow's allocator, as keras-hub runs",
+        help="keras-hub with the environment bert-gpu's scripts set (the BFC CPU allocator, "
+        "oneDNN's kernels on every x86 CPU: the code alone); default: TensorFlow's defaults, "
+        "as keras-hub runs",
     )
     add("--device", choices=DEVICES, default="cpu", help="one replica on the CPU or on GPU 0")
     add(
