@@ -195,11 +195,14 @@ def default_xla(
 ) -> tuple[bool, str]:
     """What --xla is when not given: on, except fp32 and bf16 on CPUs with AMX/AVX512-BF16.
 
-    TensorFlow's own (oneDNN) matmuls use AMX and AVX512-BF16, XLA's CPU matmuls do not:
-    on an AMX Xeon the uncompiled bf16 step was 2.0× as fast, and the uncompiled fp32 step
-    1-10% faster in each of three runs (BENCHMARKS.md, "bf16 on the host CPU (AMX)" and
-    "fp32 on the H100 machine's host CPU"). Elsewhere XLA's fusion wins or ties (fp32 on a
-    2-core AMD EPYC: 10% faster with XLA). fp16 was not measured on such a CPU: XLA stays on.
+    On a 16-core AMX Xeon, TensorFlow's own (oneDNN) kernels beat XLA's CPU code: in bf16
+    they use AMX, XLA's matmuls do not (the uncompiled step 2.0× as fast); in fp32 ours
+    without XLA was 1.04-1.13× keras-hub in two runs, with XLA 0.95-0.96× in two others
+    (BENCHMARKS.md, "bf16 on the host CPU (AMX)" and "fp32 on the host CPU (16-core Xeon,
+    AMX)"). Elsewhere XLA wins or ties: on a 2-core AMD EPYC (AVX2) the tiny model's step
+    is 1.4× as fast with XLA, BERT-small's the same with or without (oneDNN on). CPUs with
+    AVX-512 but neither AMX nor AVX512-BF16, and fp16 on any CPU, were not measured: XLA
+    stays on there.
 
     Args:
         precision: --precision.
@@ -215,7 +218,7 @@ def default_xla(
         if cpu_bf16:
             return False, (
                 f"{precision} on a CPU with bf16 matrix instructions (AMX or AVX512-BF16): "
-                "TensorFlow's own oneDNN matmuls beat XLA's there"
+                "TensorFlow's own oneDNN kernels were faster there"
             )
     return True, ""
 

@@ -15,7 +15,8 @@ in its own subprocess, so neither sees the other's Keras policy or TensorFlow se
 both stay alive and take turns: after a warm-up (tracing included) the script alternates
 timed windows of ours and theirs, so machine noise hits both, and reports the median of
 the windows. In the same run it measures the machine's GEMM peak with TensorFlow matmuls
-(same thread settings) and reports each side's model FLOP/s (benchmarks/flops_bert.py:
+(same thread settings, the environment of ours' worker: oneDNN's kernels as ours runs
+them) and reports each side's model FLOP/s (benchmarks/flops_bert.py:
 matmul FLOPs, training = 3 × forward) as a percentage of the peak of the matching
 precision.
 
@@ -36,7 +37,8 @@ scaling on both sides (ours: --precision=fp16; keras-hub: mixed_float16 and Kera
 LossScaleOptimizer). Ours' worker loads TensorFlow with the environment bert-gpu's scripts
 set (cli.tensorflow_environment: the BFC CPU allocator, oneDNN's kernels on every x86 CPU);
 keras-hub's with TensorFlow's defaults, as a keras-hub user runs it, or with the same
-environment under --theirs_cpu_bfc (the code alone).
+allocator under --theirs_cpu_bfc and the same oneDNN setting under --theirs_onednn (both:
+the code alone).
 
 --warm_up_together starts every worker of one model (all precisions, both sides) at once,
 so their tracing and XLA compilation overlap (minutes on a GPU machine), then times the
@@ -222,22 +224,26 @@ def _prepare_environment(spec: dict) -> str:
 
     Ours gets what bert-gpu's scripts set (`cli.prepare_tensorflow_environment` of the
     checkout being measured, where it has one); keras-hub runs on TensorFlow's defaults,
-    or under --theirs_cpu_bfc with what this checkout's scripts set. Variables already in
+    except for the parts of this checkout's scripts' environment that --theirs_cpu_bfc
+    (the allocator) and --theirs_onednn (oneDNN's kernels) give it. Variables already in
     the environment stay.
     """
-    if spec["role"] == "ours":
+    if spec["role"] in ("ours", "gemm"):  # (the GEMM peak: with the kernels ours runs)
         try:
             import cli  # the measured checkout's: it is first on sys.path
         except ModuleNotFoundError:
             cli = None
-    elif spec["role"] == "theirs" and spec["theirs_cpu_bfc"]:
+        if hasattr(cli, "prepare_tensorflow_environment"):
+            cli.prepare_tensorflow_environment()
+    elif spec["role"] == "theirs":
         path = os.path.join(REPO, "cli.py")
         cli = importlib.util.module_from_spec(importlib.util.spec_from_file_location("cli", path))
         cli.__spec__.loader.exec_module(cli)
-    else:
-        cli = None
-    if hasattr(cli, "prepare_tensorflow_environment"):
-        cli.prepare_tensorflow_environment()
+        for name, value in cli.tensorflow_environment().items():
+            allocator = name.startswith("TF_CPU_") and spec["theirs_cpu_bfc"]
+            onednn = name == "TF_ENABLE_ONEDNN_OPTS" and spec["theirs_onednn"]
+            if allocator or onednn:
+                os.environ.setdefault(name, value)
     bfc = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
     return (
@@ -600,6 +606,7 @@ def _worker_spec(args: argparse.Namespace, **fields) -> dict:
             "steps_per_loop",
             "theirs_jit_compile",
             "theirs_cpu_bfc",
+            "theirs_onednn",
             "ours_repo",
             "device",
         )
@@ -913,9 +920,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add(
         "--theirs_cpu_bfc",
         action="store_true",
-        help="keras-hub with the environment bert-gpu's scripts set (the BFC CPU allocator, "
-        "oneDNN's kernels on every x86 CPU: the code alone); default: TensorFlow's defaults, "
-        "as keras-hub runs",
+        help="keras-hub with the BFC CPU allocator bert-gpu's scripts set "
+        "(TF_CPU_ALLOCATOR_USE_BFC=true); default: TensorFlow's allocator, as keras-hub runs",
+    )
+    add(
+        "--theirs_onednn",
+        action="store_true",
+        help="keras-hub with oneDNN's kernels on, as bert-gpu's scripts set them "
+        "(TF_ENABLE_ONEDNN_OPTS=1); default: TensorFlow's choice for the CPU, as keras-hub runs",
     )
     add("--device", choices=DEVICES, default="cpu", help="one replica on the CPU or on GPU 0")
     add(

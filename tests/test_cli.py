@@ -25,7 +25,8 @@ def test_scripts_choose_the_bfc_cpu_allocator_unless_the_user_chose(monkeypatch)
 
 
 def test_scripts_turn_on_onednn_kernels_unless_the_user_chose(monkeypatch):
-    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    for name in cli.tensorflow_environment():  # restored after the test
+        monkeypatch.delenv(name, raising=False)
     cli.prepare_tensorflow_environment()
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")

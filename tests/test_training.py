@@ -416,7 +416,7 @@ def test_cpu_bf16_matmul_is_read_from_the_cpu_flags(tmp_path):
 @pytest.mark.parametrize(
     "precision, device, cpu_bf16, expected",
     [
-        ("fp32", "CPU", False, True),  # e.g. AVX2 only: XLA's fusion wins
+        ("fp32", "CPU", False, True),  # e.g. AVX2 only: XLA wins (tiny) or ties
         ("fp32", "CPU", True, False),  # AMX / AVX512-BF16: TensorFlow's oneDNN matmuls
         ("fp16", "CPU", True, True),  # not measured there: XLA stays on
         ("bf16", "CPU", False, True),  # no bf16 matrix instructions: XLA's f32 matmuls

@@ -30,9 +30,9 @@
 #           Python, on the GPU, with --precision=bf16, into OUTPUT_DIR/demo.
 # cpu_bf16  only where the host CPU has bf16 matrix instructions (AMX or AVX512-BF16):
 #           bench_training.py on the host CPU, BERT-small, fp32 and bf16, both sides on the
-#           BFC allocator (the speed issue's CPU bf16 goal: bf16 at least 1.6× our fp32,
-#           and ahead of keras-hub). Ours runs with its default --xla: on in fp32, off in
-#           bf16 there. On the H100 machine's 16-core Xeon: under 165 s (2026-11-26).
+#           BFC allocator and oneDNN (the speed issue's CPU bf16 goal: bf16 at least 1.6×
+#           our fp32, and ahead of keras-hub). Ours runs with its default --xla: off in both
+#           precisions there. On the H100 machine's 16-core Xeon: under 165 s (2026-11-26).
 set -u -o pipefail
 out=${1:?usage: benchmarks/gpu/run.sh OUTPUT_DIR [STEP ...]}
 shift
@@ -105,7 +105,7 @@ if wanted cpu_bf16; then
     if grep -q -w -E 'amx_bf16|avx512_bf16' /proc/cpuinfo; then
         step cpu_bf16 300 "$py" benchmarks/bench_training.py --device=cpu --warm_up_together \
             --configs=small --precisions=fp32,bf16 --windows=3 --window_seconds=8 \
-            --theirs_cpu_bfc --output="$out/cpu_bf16.md"
+            --theirs_cpu_bfc --theirs_onednn --output="$out/cpu_bf16.md"
         reports+=(cpu_bf16)
     else
         echo "== cpu_bf16: skipped, the host CPU has neither AMX nor AVX512-BF16"
