@@ -16,7 +16,10 @@ so the shares are of the thunks' total, which is close to the step's wall time o
 
 With --xla=false it profiles the uncompiled step instead and sums the seconds of
 TensorFlow's operations (by name, folded the same way, with the op type); with --threads=1
-and then 2, which parts of the step do not scale with cores.
+and then 2, which parts of the step do not scale with cores. --side=theirs profiles
+keras-hub's BertMaskedLM step as bench_training.py builds it, uncompiled (as Keras runs it
+on a CPU), in the same environment as ours (the BFC allocator, oneDNN's kernels): run it
+with the benchmark environment's Python (.venv-bench), and compare with --xla=false.
 """
 
 from __future__ import annotations
@@ -99,6 +102,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--top", type=int, default=25, help="rows of the report")
+    parser.add_argument(
+        "--side",
+        choices=("ours", "theirs"),
+        default="ours",
+        help="theirs: keras-hub's BertMaskedLM step, uncompiled (needs --xla=false)",
+    )
 
     parser.add_argument(
         "--xla",
@@ -116,6 +125,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.threads < 0:
         parser.error(f"--threads={args.threads}: expected 0 (TensorFlow's default) or more")
+    if args.side == "theirs" and args.xla:
+        parser.error("--side=theirs profiles keras-hub's uncompiled step: add --xla=false")
 
     dump_dir = tempfile.mkdtemp(prefix="bert-gpu-hlo-")
     logdir = tempfile.mkdtemp(prefix="bert-gpu-profile-")
@@ -143,7 +154,10 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     batch = bench_training.synthetic_batch(**shape)
     spec = dict(shape, precision=args.precision, xla=args.xla, steps_per_loop=None, device="cpu")
-    run, _ = bench_training.make_our_runner(bench_training.CONFIGS[args.config], batch, spec)
+    make_runner = bench_training.make_our_runner
+    if args.side == "theirs":
+        make_runner, spec["theirs_jit_compile"] = bench_training.make_keras_hub_runner, "false"
+    run, _ = make_runner(bench_training.CONFIGS[args.config], batch, spec)
     start = time.perf_counter()
     run(1)
     print(f"first step (tracing and compiling): {time.perf_counter() - start:.1f} s")
@@ -169,7 +183,7 @@ def main(argv: list[str]) -> int:
             count[key] += 1
     total = sum(by_category.values())
     print(
-        f"{args.config} {args.precision}, batch {args.batch_size}, threads "
+        f"{args.side}: {args.config} {args.precision}, batch {args.batch_size}, threads "
         f"{args.threads or 'default'}: {wall:.3f} s/step wall, {total:.3f} s/step in "
         f"{'XLA thunks' if args.xla else 'TensorFlow operations'} ({len(count)} operations)\n"
     )
