@@ -1031,11 +1031,15 @@ def masked_lm_sums(
     logits = tf.cast(mlm_logits, tf.float32)
     weights = tf.cast(masked_lm_weights, tf.float32)
     ids = tf.cast(masked_lm_ids, tf.int32)
-    log_probs = tf.nn.log_softmax(logits, axis=-1)  # [B, P, V]
-    target_log_probs = tf.gather(log_probs, ids, batch_dims=2)  # [B, P]
+    # -log softmax(logits)[id] by TensorFlow's fused kernel, which computes the gradient
+    # (softmax - one-hot) in the same pass. Picking the target out of log_softmax's [B, P,
+    # V] output with a gather instead cost a scatter of the gradient into zeros of that
+    # size (UnsortedSegmentSum: 0.23 s of a 7.9 s BERT-small step on one thread, without
+    # XLA) and another pass for log_softmax's gradient.
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(ids, logits)  # [B, P]
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), ids), tf.float32)
     return {
-        "loss_sum": -tf.reduce_sum(weights * target_log_probs),
+        "loss_sum": tf.reduce_sum(weights * cross_entropy),
         "weight_sum": tf.reduce_sum(weights),
         "correct_sum": tf.reduce_sum(weights * correct),
     }
@@ -1064,12 +1068,11 @@ def next_sentence_sums(
         weights = tf.ones_like(labels, tf.float32)
     else:
         weights = tf.reshape(tf.cast(example_weights, tf.float32), [-1])  # [B]
-    log_probs = tf.nn.log_softmax(logits, axis=-1)  # [B, 2]
-    target_log_probs = tf.gather(log_probs, labels, batch_dims=1)  # [B]
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)  # [B]
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)  # [B]
     correct = tf.cast(tf.equal(predictions, labels), tf.float32)
     return {
-        "loss_sum": -tf.reduce_sum(weights * target_log_probs),
+        "loss_sum": tf.reduce_sum(weights * cross_entropy),
         "count": tf.reduce_sum(weights),
         "correct_sum": tf.reduce_sum(weights * correct),
     }
