@@ -1001,7 +1001,8 @@ class BertPretrainingModel(keras.Model):
         The variables' shapes depend only on the config, not on the batch. Each layer's
         `build` creates its variables in the order a first call would (so with the same
         initial values): left to Keras, the model would be traced once more just to
-        create them, 1.3 s of a 5 s start for the tests' two-layer model.
+        create them (0.1 s for the tests' two-layer model, about 0.4 s at BERT-base's
+        sizes, on 2 CPU cores).
         """
         if not self.built:
             self.build(None)
