@@ -44,9 +44,10 @@ def tensorflow_environment() -> dict[str, str]:
 
     TF_ENABLE_ONEDNN_OPTS=1: TensorFlow's oneDNN kernels (matmuls, fused matmul + bias,
     batched matmuls) for the operations XLA does not compile. TensorFlow turns them on by
-    itself only on CPUs with AVX512-VNNI, AVX512-BF16 or AMX; on a 2-core AMD EPYC (AVX2)
-    they made the uncompiled BERT-small step 1.21× as fast (the XLA step: the same within
-    noise; BENCHMARKS.md, "oneDNN's kernels on every x86 CPU").
+    itself only on CPUs with such instructions as AVX512-VNNI, AVX512-BF16 or AMX: off on
+    a 2-core AMD EPYC (AVX2), where turned on they made the uncompiled BERT-small step
+    1.21× as fast (the XLA step: the same within noise; BENCHMARKS.md, "oneDNN's kernels
+    on every x86 CPU").
     """
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     return {

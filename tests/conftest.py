@@ -12,7 +12,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The kernels the scripts run (cli.tensorflow_environment), on every x86 CPU: without it
 # TensorFlow picks oneDNN's kernels by the CPU, and the tests would run other kernels
-# than the scripts on CPUs without AVX512-VNNI, AVX512-BF16 or AMX.
+# than the scripts on CPUs without such instructions as AVX512-VNNI, AVX512-BF16 or AMX.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

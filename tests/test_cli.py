@@ -33,7 +33,7 @@ def test_scripts_turn_on_onednn_kernels_unless_the_user_chose(monkeypatch):
     cli.prepare_tensorflow_environment()
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
     # And TensorFlow, loaded by the scripts' import, runs its oneDNN kernels (on a CPU
-    # without AVX512-VNNI, AVX512-BF16 or AMX it would not by itself).
+    # without such instructions as AVX512-VNNI, AVX512-BF16 or AMX it would not by itself).
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
     code = (
         "import cli; cli.import_tensorflow([]); "
