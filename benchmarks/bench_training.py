@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -200,7 +201,12 @@ def cpu_facts() -> dict:
     }
 
 
-def model_flops(size: ModelSize, args: argparse.Namespace, next_sentence_head: bool) -> int:
+def model_flops(
+    size: ModelSize,
+    args: argparse.Namespace,
+    next_sentence_head: bool,
+    last_layer_rows: int | None = None,
+) -> int:
     """Matmul FLOPs of one training step of the global batch (flops_bert.py)."""
     forward = flops_bert.forward_flops(
         num_layers=size.num_layers,
@@ -211,6 +217,7 @@ def model_flops(size: ModelSize, args: argparse.Namespace, next_sentence_head: b
         seq_length=args.seq_length,
         predictions=args.predictions,
         next_sentence_head=next_sentence_head,
+        last_layer_rows=last_layer_rows,
     )
     return flops_bert.training_flops(forward)
 
@@ -358,7 +365,18 @@ def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[
     used = {name: getattr(config, name) for name in speed_fields if name in fields}
     if used.get("xla", False) is None:  # not given: what the Trainer chose for the hardware
         used["xla"] = trainer.xla
-    facts = {"module": training.__name__, "config": used, "notes": notes}
+    # Checkouts whose encoder takes output_positions compute the last layer at the P
+    # masked positions and the first token only (the FLOP count follows).
+    import modeling
+
+    call = inspect.signature(modeling.BertEncoder.call).parameters
+    last_layer_rows = spec["predictions"] + 1 if "output_positions" in call else None
+    facts = {
+        "module": training.__name__,
+        "config": used,
+        "notes": notes,
+        "last_layer_rows": last_layer_rows,
+    }
     return run, facts
 
 
@@ -830,7 +848,11 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
             lines.append(f"| {label} | {row['precision']} | failed: {row['error']} | | | | |")
             continue
         median, peak = row["median"], peaks.get(row["precision"])
-        flops = {"ours": model_flops(size, args, True), "theirs": model_flops(size, args, False)}
+        ours_facts = row.get("ready", {}).get("ours", {}).get("facts", {})
+        flops = {
+            "ours": model_flops(size, args, True, ours_facts.get("last_layer_rows")),
+            "theirs": model_flops(size, args, False),
+        }
         cells = {role: f"{median[role]:.2f}" if role in median else "–" for role in flops}
         ratio = f"{median['ours'] / median['theirs']:.2f}" if len(median) == 2 else "–"
         percent = {
@@ -863,8 +885,9 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
         "",
         "Model FLOPs are matmul FLOPs counted GEMM by GEMM, training = 3 × forward "
         "(benchmarks/flops_bert.py); ours includes the next-sentence head, keras-hub has "
-        "none. % of GEMM peak: model FLOP/s over the measured matmul peak of the same "
-        "precision.",
+        "none; ours computes its last layer at the masked positions and the first token "
+        "only (keys and values at all positions), keras-hub at every position. % of GEMM "
+        "peak: model FLOP/s over the measured matmul peak of the same precision.",
     ]
     return "\n".join(lines) + "\n"
 

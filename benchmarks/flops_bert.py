@@ -33,6 +33,7 @@ def forward_flops(
     seq_length: int,
     predictions: int,
     next_sentence_head: bool = True,
+    last_layer_rows: int | None = None,
 ) -> dict[str, int]:
     """Forward-pass matmul FLOPs of BERT with its pretraining heads, by part.
 
@@ -45,6 +46,11 @@ def forward_flops(
         num_layers, hidden_size, intermediate_size, vocab_size: the model's L, H, I, V.
         batch_size, seq_length, predictions: the step's B, S and P.
         next_sentence_head: count the [B, H] × [H, 2] next-sentence GEMM.
+        last_layer_rows: if given, R: the last layer computes its keys and values for
+            all S positions but its queries, scores, context, output projection and
+            feed-forward network for R positions per sequence only (bert-gpu's
+            pretraining model: R = P + 1, the masked positions and the pooler's first
+            token). None: all S, as keras-hub does.
 
     Returns:
         FLOPs per part (Python ints, exact): "attention_projections" (Q, K, V and the
@@ -62,15 +68,31 @@ def forward_flops(
     >>> sum(forward_flops(num_layers=2, hidden_size=128, intermediate_size=512,
     ...     vocab_size=30522, batch_size=32, seq_length=128, predictions=20).values())
     8780857344
+
+    With the last layer at R = 21 rows of 128, that layer keeps its keys and values,
+    2·2·4096·128·128 = 268,435,456, and the rest shrinks by 21/128: 2·2·672·128·128
+    (Q, output) + 2·2·32·21·128·128 (scores, context) + 2·2·672·128·512 (FFN) =
+    44,040,192 + 44,040,192 + 176,160,768. So 1,879,048,192 − 268,435,456 − 264,241,152
+    fewer:
+
+    >>> sum(forward_flops(num_layers=2, hidden_size=128, intermediate_size=512,
+    ...     vocab_size=30522, batch_size=32, seq_length=128, predictions=20,
+    ...     last_layer_rows=21).values())
+    7434485760
     """
     b, s, p = batch_size, seq_length, predictions
     h, i, v = hidden_size, intermediate_size, vocab_size
     tokens = b * s
+    # Query rows per sequence, layer by layer (all S but maybe in the last layer).
+    rows = [s] * num_layers
+    if last_layer_rows is not None:
+        rows[-1] = last_layer_rows
     flops = {
-        "attention_projections": num_layers * 4 * 2 * tokens * h * h,
-        "attention_scores": num_layers * 2 * b * s * s * h,  # [B,N,S,D] × [B,N,D,S]
-        "attention_context": num_layers * 2 * b * s * s * h,  # [B,N,S,S] × [B,N,S,D]
-        "feed_forward": num_layers * 2 * 2 * tokens * h * i,  # [BS,H]×[H,I], [BS,I]×[I,H]
+        # K and V for all B·S tokens, Q and the output projection for the query rows.
+        "attention_projections": sum(2 * 2 * tokens * h * h + 2 * 2 * b * r * h * h for r in rows),
+        "attention_scores": sum(2 * b * r * s * h for r in rows),  # [B,N,R,D] × [B,N,D,S]
+        "attention_context": sum(2 * b * r * s * h for r in rows),  # [B,N,R,S] × [B,N,S,D]
+        "feed_forward": sum(2 * 2 * b * r * h * i for r in rows),  # [BR,H]×[H,I], [BR,I]×[I,H]
         "pooler": 2 * b * h * h,  # the first token of each sequence
         "mlm_transform": 2 * b * p * h * h,
         "mlm_output": 2 * b * p * h * v,  # tied to the word embeddings, [BP,H] × [H,V]

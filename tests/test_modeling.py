@@ -183,6 +183,54 @@ def test_padding_is_ignored_and_matters(model_and_weights):
     assert difference > 100 * tolerances["pooled_output"]
 
 
+def test_output_positions_give_the_full_encoders_rows(model_and_weights):
+    """With output_positions, the last layer computes only those rows (and [CLS]'s): the
+    same values as the full encoder's output at them, values and gradients, positions
+    repeated or 0 (a padded prediction) included."""
+    model, weights = model_and_weights
+    features = to_tensors(batch())
+    positions = tf.constant([[0, 3, 3, 7], [5, 1, 0, 0], [2, 2, 2, 2]])  # [B, P]
+    inputs = (features["input_ids"], features["segment_ids"], features["input_mask"])
+    upstream = tf.random.stateless_normal([3, 4, 32], [1, 2])  # weights the rows differently
+    upstream_pooled = tf.random.stateless_normal([3, 32], [3, 4])
+
+    def loss_of(outputs, pooled):
+        return tf.reduce_sum(outputs * upstream) + tf.reduce_sum(pooled * upstream_pooled)
+
+    with tf.GradientTape(persistent=True) as tape:
+        full, full_pooled = model.encoder(*inputs)  # [B, S, H]
+        full_loss = loss_of(tf.gather(full, positions, batch_dims=1), full_pooled)
+        rows, pooled = model.encoder(*inputs, output_positions=positions)  # [B, P, H]
+        loss = loss_of(rows, pooled)
+    assert rows.shape == (3, 4, 32)
+    # The two paths differ only in the shapes of the last layer's products (hence maybe
+    # in their summation orders): within the float32 tolerances of the whole encoder
+    # against the float64 reference.
+    tolerances = reference_and_tolerances(weights, model.config, batch())[1]
+    expected = tf.gather(full, positions, batch_dims=1).numpy()
+    np.testing.assert_allclose(rows, expected, rtol=0, atol=tolerances["sequence_output"])
+    np.testing.assert_allclose(pooled, full_pooled, rtol=0, atol=tolerances["pooled_output"])
+    # The gradients of every variable agree to float32 rounding along the backward chain:
+    # as in the forward bound, about 2·(Σ K = 573 terms)·u32 ≈ 7e-5 of the size of the
+    # values summed, here taken as the largest entry of each gradient; 1e-4. A row dropped
+    # or put in the wrong place changes them by 1e-2 or more.
+    # The key biases' gradients are 0 in exact arithmetic (a softmax row does not change
+    # when all its scores shift by q·bias), so both paths hold rounding noise there: their
+    # scale is taken from the query bias of the same layer.
+    variables = model.encoder.trainable_variables
+    gradients = {
+        variable.path: (tf.convert_to_tensor(got).numpy(), tf.convert_to_tensor(want).numpy())
+        for variable, got, want in zip(
+            variables, tape.gradient(loss, variables), tape.gradient(full_loss, variables)
+        )
+    }
+    for path, (got, want) in gradients.items():
+        scale_path = path.replace("/key/bias", "/query/bias")
+        scale = np.abs(gradients[scale_path][1]).max()
+        assert scale > 0, path
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale, err_msg=path)
+
+
 def test_sequence_longer_than_position_table_raises(model_and_weights):
     model, _ = model_and_weights
     features = batch(seq_length=17)
