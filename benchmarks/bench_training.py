@@ -885,9 +885,15 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
         "",
         "Model FLOPs are matmul FLOPs counted GEMM by GEMM, training = 3 × forward "
         "(benchmarks/flops_bert.py); ours includes the next-sentence head, keras-hub has "
-        "none; ours computes its last layer at the masked positions and the first token "
-        "only (keys and values at all positions), keras-hub at every position. % of GEMM "
-        "peak: model FLOP/s over the measured matmul peak of the same precision.",
+        "none"
+        + (
+            "; ours computes its last layer at the masked positions and the first token "
+            "only (keys and values at all positions), keras-hub at every position"
+            if facts.get("ours", {}).get("last_layer_rows")
+            else ""
+        )
+        + ". % of GEMM peak: model FLOP/s over the measured matmul peak of the same "
+        "precision.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -231,6 +231,27 @@ def test_output_positions_give_the_full_encoders_rows(model_and_weights):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale, err_msg=path)
 
 
+def test_the_cut_last_layer_applies_its_dropout():
+    """One layer and dropout on the attention probabilities only: the embeddings have no
+    dropout, so only the (cut) last layer can make training=True differ from inference,
+    and its masks follow the seed."""
+    config = tiny_config(
+        num_hidden_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5
+    )
+    model = built_model(config)
+    randomize(model)
+    features = to_tensors(batch())
+
+    def logits(**kwargs):
+        return model(features, **kwargs)["mlm_logits"].numpy()
+
+    inference = logits(training=False)
+    first = logits(training=True, dropout_seed=SEED)
+    np.testing.assert_array_equal(first, logits(training=True, dropout_seed=SEED))
+    assert np.abs(first - inference).max() > 0.1  # rounding is below 1e-4 here
+    assert np.abs(first - logits(training=True, dropout_seed=SEED + 1)).max() > 0.1
+
+
 def test_sequence_longer_than_position_table_raises(model_and_weights):
     model, _ = model_and_weights
     features = batch(seq_length=17)
