@@ -152,8 +152,9 @@ def define_flags() -> None:
         "xla",
         d["xla"].default,
         "Compile each replica's forward, backward and update with XLA (--noxla: off). "
-        "Default: on, except fp32 and bf16 on CPUs with AMX or AVX512-BF16 (TensorFlow's "
-        "own oneDNN matmuls were faster there); a resumed run keeps the mode it started with.",
+        "Default: on, except bf16 on CPUs with AMX or AVX512-BF16 and fp32 on CPUs with AMX "
+        "(TensorFlow's own oneDNN matmuls were faster there); a resumed run keeps the mode "
+        "it started with.",
     )
     flags.DEFINE_integer(
         "gradient_accumulation_steps",

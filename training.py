@@ -172,17 +172,20 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def cpu_has_bf16_matmul(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this machine's CPU multiplies bfloat16 matrices in hardware (AMX or
-    AVX512-BF16), from the flags line of `cpuinfo`; False where it cannot be read."""
+def cpu_bf16_matmul(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """Which bfloat16 matrix instructions this machine's CPU has, from the flags line of
+    `cpuinfo`: "amx" (AMX-BF16), else "avx512_bf16", else "" (none, or unreadable)."""
     try:
         with open(cpuinfo) as f:
             for line in f:
                 if line.startswith("flags"):
-                    return bool({"amx_bf16", "avx512_bf16"} & set(line.split(":", 1)[1].split()))
+                    flags = set(line.split(":", 1)[1].split())
+                    if "amx_bf16" in flags:
+                        return "amx"
+                    return "avx512_bf16" if "avx512_bf16" in flags else ""
     except OSError:
         pass
-    return False
+    return ""
 
 
 def all_cpus(replica_devices: Sequence[str]) -> bool:
@@ -191,34 +194,39 @@ def all_cpus(replica_devices: Sequence[str]) -> bool:
 
 
 def default_xla(
-    precision: str, replica_devices: Sequence[str], cpu_bf16: bool | None = None
+    precision: str, replica_devices: Sequence[str], cpu_bf16: str | None = None
 ) -> tuple[bool, str]:
-    """What --xla is when not given: on, except fp32 and bf16 on CPUs with AMX/AVX512-BF16.
+    """What --xla is when not given: on, except bf16 on CPUs with bf16 matrix instructions
+    (AMX or AVX512-BF16) and fp32 on CPUs with AMX.
 
-    On a 16-core AMX Xeon, TensorFlow's own (oneDNN) kernels beat XLA's CPU code: in bf16
-    they use AMX, XLA's matmuls do not (the uncompiled step 2.0× as fast); in fp32 ours
-    without XLA was 1.04-1.13× keras-hub in two runs, with XLA 0.95-0.96× in two others
-    (BENCHMARKS.md, "bf16 on the host CPU (AMX)" and "fp32 on the host CPU (16-core Xeon,
-    AMX)"). Elsewhere XLA wins or ties: on a 2-core AMD EPYC (AVX2) the tiny model's step
-    is 1.4× as fast with XLA, BERT-small's the same with or without (oneDNN on). CPUs with
-    AVX-512 but neither AMX nor AVX512-BF16, and fp16 on any CPU, were not measured: XLA
-    stays on there.
+    XLA's CPU compiler does not use the bf16 instructions, TensorFlow's own (oneDNN)
+    kernels do: uncompiled, the bf16 step was 2.0× as fast on a 16-core AMX Xeon and 1.56×
+    on 2 cores of an AVX512-BF16 AMD EPYC (Zen 4; BERT-small 25.2 against 16.1 seq/s). In
+    fp32 on the AMX Xeon ours without XLA was 1.04-1.13× keras-hub in two runs, with XLA
+    0.95-0.96× in two others; on the Zen 4 (no AMX) XLA was the faster in fp32 (BERT-small
+    1.06×, tiny 1.18×), as on a 2-core AVX2 EPYC (tiny 1.4×, BERT-small even). BENCHMARKS.md
+    has the runs. fp16 on any CPU was not measured: XLA stays on.
 
     Args:
         precision: --precision.
         replica_devices: the device names of this worker's replicas.
-        cpu_bf16: whether the CPU has AMX or AVX512-BF16; None: read from this machine.
+        cpu_bf16: the CPU's bf16 matrix instructions as `cpu_bf16_matmul` gives them ("amx",
+            "avx512_bf16" or ""); None: read from this machine.
 
     Returns:
         (on, why it is off, or "" when on).
     """
     if precision in ("fp32", "bf16") and all_cpus(replica_devices):
         if cpu_bf16 is None:
-            cpu_bf16 = cpu_has_bf16_matmul()
-        if cpu_bf16:
+            cpu_bf16 = cpu_bf16_matmul()
+        if precision == "bf16" and cpu_bf16:
             return False, (
-                f"{precision} on a CPU with bf16 matrix instructions (AMX or AVX512-BF16): "
-                "TensorFlow's own oneDNN kernels were faster there"
+                "bf16 on a CPU with bf16 matrix instructions (AMX or AVX512-BF16): "
+                "TensorFlow's own oneDNN kernels use them, XLA's do not"
+            )
+        if precision == "fp32" and cpu_bf16 == "amx":
+            return False, (
+                "fp32 on a CPU with AMX: TensorFlow's own oneDNN kernels were faster there"
             )
     return True, ""
 

@@ -122,13 +122,15 @@ def checkpoint_tensors(path):
     return tensors
 
 
-def single_process(workspace, output_dir, num_replicas, config="drop", batch_size=4, xla=False):
+def single_process(
+    workspace, output_dir, num_replicas, config="drop", batch_size=4, xla=False, steps=STEPS
+):
     """The same run in this process, on `num_replicas` replicas reading 2 input shards."""
     bert_config = workspace["configs"][config]
     run = training.TrainConfig(
         input_file=workspace["shards"], output_dir=str(output_dir),
         bert_config_file=bert_config, do_train=True, batch_size=batch_size,
-        num_train_steps=STEPS, num_warmup_steps=1, learning_rate=1e-3,
+        num_train_steps=steps, num_warmup_steps=1, learning_rate=1e-3,
         save_checkpoints_steps=2, log_every_n_steps=1, seed=7, shuffle_buffer=100,
         xla=xla, input_shards=2,
     )  # fmt: skip
@@ -158,16 +160,19 @@ def test_two_workers_stopped_by_sigterm_on_one_resume_and_train_like_one_process
     workspace, tmp_path
 ):
     # Dropout on: masks depend on (step, replica), and the 2 workers' replicas are
-    # replicas 0 and 1, like those of one process with 2 replicas.
+    # replicas 0 and 1, like those of one process with 2 replicas. 40 steps: the signal
+    # must land before the last one, and on a fast CPU the tests' model trained the 3
+    # steps after "step 3/6" (about 0.1 s each) before the signal took effect.
+    steps = 40
     out = tmp_path / "cluster"
-    cluster = Cluster(workspace, out, tmp_path)
-    cluster.wait_for(0, "step 3/6")
+    cluster = Cluster(workspace, out, tmp_path, num_train_steps=steps)
+    cluster.wait_for(0, f"step 3/{steps}")
     cluster.processes[1].send_signal(signal.SIGTERM)  # a scheduler stops one worker
     codes = cluster.finish()
     assert codes == [143, 143], [cluster.log(0)[-2000:], cluster.log(1)[-2000:]]
     stopped = tf.train.latest_checkpoint(str(out))
     step = int(stopped.rsplit("-", 1)[1])
-    assert 3 <= step < STEPS
+    assert 3 <= step < steps
     for index in (0, 1):
         assert f"at step {step}; run the same command to resume" in cluster.log(index)
     assert "received by another worker" in cluster.log(0)
@@ -178,12 +183,12 @@ def test_two_workers_stopped_by_sigterm_on_one_resume_and_train_like_one_process
         p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"bert-gpu-worker-{pid}-")
     ]
 
-    again = Cluster(workspace, out, tmp_path)
+    again = Cluster(workspace, out, tmp_path, num_train_steps=steps)
     assert again.finish() == [0, 0], again.log(0)[-3000:]
     assert f"resumed from {stopped} at step {step}" in again.log(1)
     final = checkpoint_tensors(tf.train.latest_checkpoint(str(out)))
-    assert tf.train.latest_checkpoint(str(out)).endswith(f"model.ckpt-{STEPS}")
-    assert_same_weights(final, single_process(workspace, tmp_path / "single", 2))
+    assert tf.train.latest_checkpoint(str(out)).endswith(f"model.ckpt-{steps}")
+    assert_same_weights(final, single_process(workspace, tmp_path / "single", 2, steps=steps))
 
 
 def test_two_workers_with_two_replicas_each_train_like_one_device_with_the_whole_batch(

@@ -32,8 +32,8 @@ def run_cli(*args):
 def test_command_line_trains_with_xla_on_one_cpu_replica_evaluates_and_resumes(workspace, tmp_path):
     out = tmp_path / "run"
     # No --max_seq_length / --max_predictions_per_seq: they come from the data. --xla:
-    # one replica compiles its whole step (the default on this CPU, unless it has AMX or
-    # AVX512-BF16).
+    # one replica compiles its whole step (the default for fp32 on this CPU, unless it has
+    # AMX).
     args = [
         f"--input_file={workspace['data']}", f"--output_dir={out}",
         f"--bert_config_file={workspace['configs']['drop']}", "--xla",

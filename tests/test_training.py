@@ -405,29 +405,31 @@ def test_resume_refuses_changed_settings_and_allows_another_replica_count(
 def test_cpu_bf16_matmul_is_read_from_the_cpu_flags(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     line = "flags\t\t: fpu sse2 avx2 avx512f {}avx512_vnni\n"
-    for extra, expected in (("", False), ("amx_bf16 ", True), ("avx512_bf16 ", True)):
+    cases = (("", ""), ("amx_bf16 ", "amx"), ("avx512_bf16 ", "avx512_bf16"),
+             ("avx512_bf16 amx_tile amx_bf16 ", "amx"))  # fmt: skip
+    for extra, expected in cases:
         cpuinfo.write_text("processor\t: 0\n" + line.format(extra) + "bugs\t\t: amx_bf16\n")
-        assert training.cpu_has_bf16_matmul(str(cpuinfo)) is expected, extra
-    assert training.cpu_has_bf16_matmul(str(tmp_path / "absent")) is False
+        assert training.cpu_bf16_matmul(str(cpuinfo)) == expected, extra
+    assert training.cpu_bf16_matmul(str(tmp_path / "absent")) == ""
     cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")  # aarch64's
-    assert training.cpu_has_bf16_matmul(str(cpuinfo)) is False
+    assert training.cpu_bf16_matmul(str(cpuinfo)) == ""
 
 
 @pytest.mark.parametrize(
     "precision, device, cpu_bf16, expected",
     [
-        ("fp32", "CPU", False, True),  # e.g. AVX2 only: XLA wins (tiny) or ties
-        ("fp32", "CPU", True, False),  # AMX / AVX512-BF16: TensorFlow's oneDNN matmuls
-        ("fp16", "CPU", True, True),  # not measured there: XLA stays on
-        ("bf16", "CPU", False, True),  # no bf16 matrix instructions: XLA's f32 matmuls
-        ("bf16", "CPU", True, False),
-        ("bf16", "GPU", True, True),
-        ("fp32", "GPU", True, True),
+        ("fp32", "CPU", "", True),  # e.g. AVX2 only: XLA wins (tiny) or ties
+        ("fp32", "CPU", "avx512_bf16", True),  # e.g. AMD Zen 4: XLA wins in fp32
+        ("fp32", "CPU", "amx", False),  # TensorFlow's oneDNN matmuls win
+        ("fp16", "CPU", "amx", True),  # not measured there: XLA stays on
+        ("bf16", "CPU", "", True),  # no bf16 matrix instructions: XLA's f32 matmuls
+        ("bf16", "CPU", "avx512_bf16", False),  # oneDNN uses them, XLA does not
+        ("bf16", "CPU", "amx", False),
+        ("bf16", "GPU", "amx", True),
+        ("fp32", "GPU", "amx", True),
     ],
 )
-def test_xla_default_is_off_only_for_fp32_and_bf16_on_cpus_with_bf16_matmuls(
-    precision, device, cpu_bf16, expected
-):
+def test_xla_default_is_off_only_where_onednn_was_faster(precision, device, cpu_bf16, expected):
     devices = [f"/job:localhost/replica:0/task:0/device:{device}:{i}" for i in range(2)]
     xla, reason = training.default_xla(precision, devices, cpu_bf16=cpu_bf16)
     assert xla is expected
@@ -435,7 +437,7 @@ def test_xla_default_is_off_only_for_fp32_and_bf16_on_cpus_with_bf16_matmuls(
 
 
 def test_xla_not_given_is_resolved_for_the_run_and_saved(workspace, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: True)
+    monkeypatch.setattr(training, "cpu_bf16_matmul", lambda: "amx")
     out = tmp_path / "out"
     config = make_config(
         workspace, out, num_train_steps=1, num_warmup_steps=0, xla=None, precision="bf16"
@@ -476,7 +478,7 @@ def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, mon
 
     # fp32, flag not given, a CPU without bf16 matmuls: on for this worker, so on only if
     # on for the other too.
-    monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: False)
+    monkeypatch.setattr(training, "cpu_bf16_matmul", lambda: "")
     assert resolve(1)[0].xla is True
     resolved, reason = resolve(0)
     assert resolved.xla is False and reason == "auto: off on another worker of the cluster"
@@ -485,10 +487,10 @@ def test_workers_take_xla_on_only_if_every_worker_would(workspace, tmp_path, mon
     # off; then here off by default (bf16 on a CPU with bf16 matmuls), the other given it.
     with pytest.raises(ValueError, match="give every worker the same --xla or --noxla"):
         resolve(0, xla=True)
-    monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: True)
+    monkeypatch.setattr(training, "cpu_bf16_matmul", lambda: "amx")
     with pytest.raises(ValueError, match="give every worker the same --xla or --noxla"):
         resolve(1, other_asked=True, precision="bf16")
-    monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: False)
+    monkeypatch.setattr(training, "cpu_bf16_matmul", lambda: "")
     # Resuming, every worker reads the mode of the run from its shared output dir (a
     # saved value that is not a mode is ignored).
     resolved, reason = resolve(1, saved={"xla": True})
