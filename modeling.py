@@ -239,8 +239,7 @@ def _one_xla_cluster(function: Callable) -> Callable:
     the tanh GELU's forward and backward over a [4096, 3072] float32 tensor (BERT-base's
     feed-forward, batch 32, sequence 128) took 72 ms on one core as TensorFlow operations
     and 29 ms compiled; the uncompiled step became 1.02-1.03× as fast at BERT-small, 1.04×
-    at BERT-base. In
-    bfloat16 the compiled form made that step 0.99× as fast: not used there.
+    at BERT-base. In bfloat16 the compiled form made that step 0.99× as fast: not used.
     """
     # (Traced per input shape: relaxed shapes could leave the gradient's shape unknown.)
     compiled = tf.function(function, jit_compile=True, autograph=False)
