@@ -801,7 +801,7 @@ class TransformerLayer(keras.layers.Layer):
         else:
             attention_output = self.attention(x, attention_bias, **drop)  # [B, S, H]
         x = self.attention_layer_norm(x + self.attention_dropout(attention_output, **drop))
-        ffn_output = self.ffn_output(self.activation(self.intermediate(x)))  # [B,S,I] → [B,S,H]
+        ffn_output = self.ffn_output(self.activation(self.intermediate(x)))  # [B,F,I] → [B,F,H]
         return self.ffn_layer_norm(x + self.ffn_dropout(ffn_output, **drop))
 
 

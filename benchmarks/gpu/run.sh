@@ -31,8 +31,9 @@
 # cpu_bf16  only where the host CPU has bf16 matrix instructions (AMX or AVX512-BF16):
 #           bench_training.py on the host CPU, BERT-small, fp32 and bf16, both sides on the
 #           BFC allocator and oneDNN (the speed issue's CPU bf16 goal: bf16 at least 1.6×
-#           our fp32, and ahead of keras-hub). Ours runs with its default --xla: off in both
-#           precisions there. On the H100 machine's 16-core Xeon: under 165 s (2026-11-26).
+#           our fp32, and ahead of keras-hub). Ours runs with its default --xla: off in bf16,
+#           and in fp32 too where the CPU has AMX (on with AVX512-BF16 alone). On the H100
+#           machine's 16-core Xeon (AMX): under 165 s (2026-11-26).
 set -u -o pipefail
 out=${1:?usage: benchmarks/gpu/run.sh OUTPUT_DIR [STEP ...]}
 shift
