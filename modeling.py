@@ -34,7 +34,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import tensorflow as tf
@@ -577,6 +577,129 @@ class StatelessDropout(keras.layers.Layer):
         return x * tf.cast(keep, x.dtype) * (1.0 / (1.0 - self.rate))
 
 
+# ---------------------------------------------------------------------------------------
+# Packed tokens
+# ---------------------------------------------------------------------------------------
+
+
+# The packed rows are the real tokens rounded up to a multiple of this many rows (at most
+# all B·S): the shapes a run sees stay few, so that the kernels made per shape (oneDNN's
+# matrix products, the GELU's XLA cluster) are made once each, not once per batch.
+PACKED_ROWS_MULTIPLE = 64
+
+
+class TokenPacking(NamedTuple):
+    """Where the real tokens of a padded [B, S] batch are, to compute on them alone.
+
+    A packed tensor holds rows [T, ...]: the batch's real tokens in batch order, then the
+    first padding positions, as many as round their count up to a multiple of
+    `PACKED_ROWS_MULTIPLE` (at most B·S; at least one row). Those filler rows compute what
+    the padded model computes at their positions, and nothing reads them.
+
+    Attributes:
+        positions: [T] int32, the flat position b·S + s of each packed row.
+        row: [B·S] int32, each flat position's packed row; T for padding without one.
+        batch_size: int32 scalar, B.
+        seq_length: int32 scalar, S.
+    """
+
+    positions: tf.Tensor
+    row: tf.Tensor
+    batch_size: tf.Tensor
+    seq_length: tf.Tensor
+
+
+def token_packing(input_mask: tf.Tensor, multiple: int | None = None) -> TokenPacking:
+    """The TokenPacking of `input_mask` [B, S] int (nonzero: a real token), its rows a
+    multiple of `multiple` (default: PACKED_ROWS_MULTIPLE)."""
+    multiple = multiple or PACKED_ROWS_MULTIPLE
+    shape = tf.shape(input_mask)
+    is_real = tf.reshape(input_mask, [-1]) != 0  # [B·S]
+    total = tf.size(is_real)
+    count = tf.reduce_sum(tf.cast(is_real, tf.int32))
+    rows = tf.minimum(tf.maximum((count + multiple - 1) // multiple, 1) * multiple, total)
+    order = tf.concat([tf.where(is_real)[:, 0], tf.where(~is_real)[:, 0]], axis=0)  # [B·S]
+    order = tf.cast(order, tf.int32)
+    place = tf.math.invert_permutation(order)  # each position's place in `order`
+    return TokenPacking(order[:rows], tf.minimum(place, rows), shape[0], shape[1])
+
+
+def packed_to_heads(x: tf.Tensor, packing: TokenPacking, count: int, num_heads: int) -> tf.Tensor:
+    """Splits packed rows `x` [T, K·N·D] into K padded tensors of N heads: [K, B, N, S, D].
+
+    One gather does the unpacking and the heads' transpose together. A padding position
+    without a packed row gets another row's values (a placeholder, as good as any:
+    attention never attends to padding, and no output is read at a padding query), and
+    its gradient is dropped: exact, since a padding key's probabilities are exactly 0
+    (see SelfAttention) and a padding query's output gets a zero gradient from
+    `heads_to_packed`. (For the same reasons the filler rows' gradients are exactly 0.)
+    """
+    batch_size, seq_length = packing.batch_size, packing.seq_length
+    rows = tf.shape(packing.positions)[0]  # T
+    head_size = x.shape[-1] // (count * num_heads)  # (static: the gradient keeps the shapes)
+    source = tf.reshape(tf.minimum(packing.row, rows - 1), [1, -1, 1, seq_length])  # [1,B,1,S]
+    k = tf.reshape(tf.range(count), [-1, 1, 1, 1])
+    n = tf.reshape(tf.range(num_heads), [1, 1, -1, 1])
+    index = tf.reshape((source * count + k) * num_heads + n, [-1])  # over [K, B, N, S]
+    # The padded position (k, b, n, s) of each packed row and head (t, k, n), for the
+    # gradient: ((k·B + b)·N + n)·S + s with b·S + s = positions[t].
+    b = tf.reshape(packing.positions // seq_length, [-1, 1, 1])  # [T, 1, 1]
+    s = tf.reshape(packing.positions % seq_length, [-1, 1, 1])
+    k, n = tf.reshape(k, [1, -1, 1]), tf.reshape(n, [1, 1, -1])
+    inverse = tf.reshape(((k * batch_size + b) * num_heads + n) * seq_length + s, [-1])
+
+    @tf.custom_gradient
+    def split(x):
+        def grad(dy):
+            dy = tf.gather(tf.reshape(dy, [-1, head_size]), inverse)  # [T·K·N, D]
+            return tf.reshape(dy, [rows, x.shape[-1]])
+
+        heads = tf.gather(tf.reshape(x, [-1, head_size]), index)  # [K·B·N·S, D]
+        return tf.reshape(heads, [count, batch_size, num_heads, seq_length, head_size]), grad
+
+    return split(x)
+
+
+def heads_to_packed(x: tf.Tensor, packing: TokenPacking) -> tf.Tensor:
+    """Merges the heads of `x` [B, N, S, D] at the packed rows' positions: [T, N·D].
+
+    One gather (the heads' transpose with it); the gradient is zero at padding positions
+    without a packed row.
+    """
+    batch_size, seq_length = packing.batch_size, packing.seq_length
+    num_heads, head_size = x.shape[1], x.shape[3]  # (static: the output keeps its width)
+    rows = tf.shape(packing.positions)[0]  # T
+    b = tf.reshape(packing.positions // seq_length, [-1, 1])  # [T, 1]
+    s = tf.reshape(packing.positions % seq_length, [-1, 1])
+    n = tf.reshape(tf.range(num_heads), [1, -1])
+    index = tf.reshape((b * num_heads + n) * seq_length + s, [-1])  # over [T, N]
+    # For the gradient: the packed row and head (t, n) of each padded (b, n, s), or the
+    # zero row T·N.
+    row = tf.reshape(packing.row, [batch_size, 1, seq_length])  # [B, 1, S]
+    padded = tf.reshape(tf.range(num_heads), [1, -1, 1])
+    inverse = tf.where(row < rows, row * num_heads + padded, rows * num_heads)  # [B, N, S]
+
+    @tf.custom_gradient
+    def merge(x):
+        def grad(dy):
+            dy = tf.pad(tf.reshape(dy, [-1, head_size]), [[0, 1], [0, 0]])  # [T·N + 1, D]
+            return tf.reshape(tf.gather(dy, tf.reshape(inverse, [-1])), tf.shape(x))
+
+        packed = tf.gather(tf.reshape(x, [-1, head_size]), index)  # [T·N, D]
+        return tf.reshape(packed, [rows, num_heads * head_size]), grad
+
+    return merge(x)
+
+
+def gather_packed(x: tf.Tensor, positions: tf.Tensor, packing: TokenPacking) -> tf.Tensor:
+    """The rows of packed `x` [T, C] at `positions` [B, F] (in [0, S)): [B, F, C].
+
+    A padding position reads its filler row, or zeros.
+    """
+    flat = positions + packing.seq_length * tf.range(packing.batch_size)[:, tf.newaxis]
+    return tf.gather(tf.pad(x, [[0, 1], [0, 0]]), tf.gather(packing.row, flat))
+
+
 class BertEmbeddings(keras.layers.Layer):
     """Sum of word, position and token-type embeddings, then LayerNorm and dropout."""
 
@@ -612,15 +735,26 @@ class BertEmbeddings(keras.layers.Layer):
         self,
         token_ids: tf.Tensor,
         segment_ids: tf.Tensor,
+        *,
+        packing: TokenPacking | None = None,
         training: bool = False,
         dropout_seed: tf.Tensor | None = None,
     ) -> tf.Tensor:
-        """Embeds `token_ids` [B, S] int with `segment_ids` [B, S] int; returns [B, S, H]."""
+        """Embeds `token_ids` [B, S] int with `segment_ids` [B, S] int.
+
+        Returns [B, S, H]; with a `packing`, the real tokens' rows only, [T, H].
+        """
         seq_length = tf.shape(token_ids)[1]
+        if packing is not None:
+            token_ids = tf.gather(tf.reshape(token_ids, [-1]), packing.positions)  # [T]
+            segment_ids = tf.gather(tf.reshape(segment_ids, [-1]), packing.positions)  # [T]
+            positions = tf.gather(self.position_embeddings, packing.positions % seq_length)
+        else:
+            positions = self.position_embeddings[:seq_length]  # [S, H], for every sequence
         x = (
-            tf.gather(self.word_embeddings, token_ids)  # [B, S, H]
-            + self.position_embeddings[:seq_length]  # [S, H], the same for every sequence
-            + tf.gather(self.token_type_embeddings, segment_ids)  # [B, S, H]
+            tf.gather(self.word_embeddings, token_ids)  # [B, S, H] or [T, H]
+            + positions
+            + tf.gather(self.token_type_embeddings, segment_ids)
         )
         x = self.layer_norm(x)
         return self.dropout(x, training=training, dropout_seed=dropout_seed)
@@ -668,27 +802,32 @@ class SelfAttention(keras.layers.Layer):
         attention_bias: tf.Tensor,
         *,
         queries: tf.Tensor | None = None,
+        packing: TokenPacking | None = None,
         training: bool = False,
         dropout_seed: tf.Tensor | None = None,
     ) -> tf.Tensor:
         """Attends from every position of `queries` (default: `x`) to every unmasked one of `x`.
 
         Args:
-            x: the layer input, [B, T, H] float: the keys and values.
+            x: the layer input, [B, T, H] float: the keys and values; with a `packing`,
+                the real tokens' rows only, [T', H] (a packed tensor).
             attention_bias: [B, 1, 1, T] float32, 0 for keys to attend to, MASK_ADDER for
                 padding.
             queries: [B, F, H] float, the rows of `x` to attend from; None: all of `x`.
+            packing: the TokenPacking of a packed `x`; None: `x` is padded.
             training: apply dropout to the attention probabilities.
             dropout_seed: int [2]; see StatelessDropout.
 
         Returns:
-            [B, F, H], the projected attention output (before dropout and residual).
+            [B, F, H], the projected attention output (before dropout and residual); [T', H]
+            for a packed `x` without `queries`.
         """
         if queries is None:
-            q, k, v = self._project_heads(x, (self.query, self.key, self.value))  # [B, N, S, D]
+            # [B, N, S, D] each
+            q, k, v = self._project_heads(x, (self.query, self.key, self.value), packing)
         else:
             (q,) = self._project_heads(queries, (self.query,))  # [B, N, F, D]
-            k, v = self._project_heads(x, (self.key, self.value))  # each [B, N, T, D]
+            k, v = self._project_heads(x, (self.key, self.value), packing)  # [B, N, T, D]
         # Scaling by 1/sqrt(D) keeps the scores' variance independent of the head size.
         scale = 1.0 / math.sqrt(self.head_size)
         scores = tf.matmul(q * tf.cast(scale, q.dtype), k, transpose_b=True)  # [B, N, F, T]
@@ -700,22 +839,29 @@ class SelfAttention(keras.layers.Layer):
         probs = tf.cast(tf.nn.softmax(scores, axis=-1), q.dtype)  # [B, N, F, T]
         probs = self.probs_dropout(probs, training=training, dropout_seed=dropout_seed)
         context = tf.matmul(probs, v)  # [B, N, F, D]
+        if packing is not None and queries is None:
+            return self.output_projection(heads_to_packed(context, packing))  # [T', H]
         return self.output_projection(self._merge_heads(context))  # [B, F, H]
 
-    def _project_heads(self, x: tf.Tensor, dense: tuple[Dense, ...]) -> list[tf.Tensor]:
+    def _project_heads(
+        self, x: tf.Tensor, dense: tuple[Dense, ...], packing: TokenPacking | None = None
+    ) -> list[tf.Tensor]:
         """The projections of `x` [B, S, H] by each of `dense`, split in heads: [B, N, S, D] each.
 
         The K projections are one [B·S, H] × [H, K·H] product (the kernels side by side:
         the same dot products, in one larger and faster GEMM) and one transpose; the
-        variables stay the original's query, key and value.
+        variables stay the original's query, key and value. A packed `x` [T, H] (with its
+        `packing`) is projected as it is, and the projections unpacked, zero at padding.
         """
         batch_size, seq_length = tf.shape(x)[0], tf.shape(x)[1]
         count = len(dense)
         kernel = tf.concat([tf.cast(d.kernel, x.dtype) for d in dense], axis=1)  # [H, K·H]
         bias = tf.concat([tf.identity(d.bias) for d in dense], axis=0)  # [K·H], float32
         hidden_size = self.num_heads * self.head_size
-        projected = tf.matmul(tf.reshape(x, [-1, hidden_size]), kernel)  # [B·S, K·H]
+        projected = tf.matmul(tf.reshape(x, [-1, hidden_size]), kernel)  # [B·S or T, K·H]
         projected = add_bias(projected, bias, self.column_sums)
+        if packing is not None:
+            return tf.unstack(packed_to_heads(projected, packing, count, self.num_heads), num=count)
         shape = [batch_size, seq_length, count, self.num_heads, self.head_size]
         projected = tf.transpose(tf.reshape(projected, shape), [2, 0, 3, 1, 4])  # [K,B,N,S,D]
         # Unstacked, not indexed: the gradient of an unstack is one stack, while each of
@@ -779,27 +925,36 @@ class TransformerLayer(keras.layers.Layer):
         attention_bias: tf.Tensor,
         *,
         output_positions: tf.Tensor | None = None,
+        packing: TokenPacking | None = None,
         training: bool = False,
         dropout_seed: tf.Tensor | None = None,
     ) -> tf.Tensor:
         """Maps `x` [B, S, H] to [B, S, H], or to [B, F, H] at `output_positions`.
 
         Args:
-            x: [B, S, H] float, the layer input.
+            x: [B, S, H] float, the layer input; with a `packing`, the real tokens' rows
+                only, [T, H] (the output too, unless `output_positions` are given).
             attention_bias: as in SelfAttention.
             output_positions: [B, F] int, the positions whose outputs are wanted; None:
                 all. Every position still serves as a key and a value; only the queries,
                 the residuals and the feed-forward network shrink to F rows.
+            packing: the TokenPacking of a packed `x`; None: `x` is padded.
             training: a Python bool; apply dropout.
             dropout_seed: int [2]; see StatelessDropout.
         """
         drop = {"training": training, "dropout_seed": dropout_seed}
         if output_positions is not None:
-            queries = tf.gather(x, output_positions, batch_dims=1)  # [B, F, H], as the output
-            attention_output = self.attention(x, attention_bias, queries=queries, **drop)
-            x = queries
+            if packing is not None:
+                queries = gather_packed(x, output_positions, packing)  # [B, F, H]
+            else:
+                queries = tf.gather(x, output_positions, batch_dims=1)  # [B, F, H]
+            attention_output = self.attention(
+                x, attention_bias, queries=queries, packing=packing, **drop
+            )
+            x = queries  # as the output
         else:
-            attention_output = self.attention(x, attention_bias, **drop)  # [B, S, H]
+            # [B, S, H] or [T, H]
+            attention_output = self.attention(x, attention_bias, packing=packing, **drop)
         x = self.attention_layer_norm(x + self.attention_dropout(attention_output, **drop))
         ffn_output = self.ffn_output(self.activation(self.intermediate(x)))  # [B,F,I] → [B,F,H]
         return self.ffn_layer_norm(x + self.ffn_dropout(ffn_output, **drop))
@@ -824,10 +979,12 @@ class BertEncoder(keras.layers.Layer):
         name: str = "encoder",
         dropout_masks: str = "philox",
         column_sums: str = "reduce",
+        pack_tokens: bool = False,
         **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self.config = config
+        self.pack_tokens = pack_tokens
         dtype = self.dtype_policy
         self.embeddings = BertEmbeddings(
             config, dropout_masks, column_sums, name="embeddings", dtype=dtype
@@ -878,6 +1035,10 @@ class BertEncoder(keras.layers.Layer):
         Returns:
             (sequence_output, pooled_output [B, H]), in the compute dtype; sequence_output
             is [B, S, H], or [B, P, H] (the rows at `output_positions`) when they are given.
+
+        With `pack_tokens` (a constructor argument) and `output_positions`, every layer
+        computes on the real tokens only (see the comment below); shapes then vary with
+        the batch's padding, which XLA does not compile.
         """
         max_length = self.config.max_position_embeddings
         if token_ids.shape[1] is not None and token_ids.shape[1] > max_length:
@@ -886,11 +1047,21 @@ class BertEncoder(keras.layers.Layer):
                 f"max_position_embeddings={max_length} of the BERT config."
             )
         drop = {"training": training, "dropout_seed": dropout_seed}
-        x = self.embeddings(token_ids, segment_ids, **drop)  # [B, S, H]
+        # Packed tokens: the projections, feed-forward networks, residuals, LayerNorms and
+        # dropouts see only the T real tokens of the batch, rows [T, H]; the attention
+        # scores alone are computed on the padded [B, S] layout (the projections are
+        # unpacked there, zero at padding, and the context packed again). Padding is never
+        # attended to and never read, so the values are those of the padded computation,
+        # with T / (B·S) of its work. The dropout masks are drawn for the packed shapes:
+        # other masks than a padded run's, from the same distribution.
+        packing = None
+        if self.pack_tokens and output_positions is not None:
+            packing = token_packing(input_mask)
+        x = self.embeddings(token_ids, segment_ids, packing=packing, **drop)  # [B, S, H]|[T, H]
         attention_bias = attention_bias_from_mask(input_mask)  # [B, 1, 1, T] float32
         *layers, last = self.transformer_layers
         for layer in layers:
-            x = layer(x, attention_bias, **drop)  # [B, S, H]
+            x = layer(x, attention_bias, packing=packing, **drop)  # [B, S, H] or [T, H]
         if output_positions is None:
             x = last(x, attention_bias, **drop)  # [B, S, H]
             return x, self.pooler(x[:, 0])  # pooled [B, H], from the first ([CLS]) token
@@ -903,7 +1074,7 @@ class BertEncoder(keras.layers.Layer):
         # masks than a full layer's, from the same distribution.
         first = tf.zeros_like(output_positions[:, :1])  # [B, 1], the [CLS] token
         rows = tf.concat([first, output_positions], axis=1)  # [B, P + 1]
-        x = last(x, attention_bias, output_positions=rows, **drop)
+        x = last(x, attention_bias, output_positions=rows, packing=packing, **drop)
         return x[:, 1:], self.pooler(x[:, 0])  # [B, P, H], [B, H]
 
 
@@ -996,7 +1167,9 @@ class BertPretrainingModel(keras.Model):
     `column_sums` ("reduce" or "matmul") how the backward pass sums bias and LayerNorm
     gradients over rows (see COLUMN_SUMS); neither changes what is computed beyond rounding
     (the masks: which units drop). Either way, half-precision gradients are summed in
-    float32.
+    float32. `pack_tokens=True` computes the encoder on the real tokens only (see
+    BertEncoder.call): the same values with less work where batches hold padding, but
+    shapes that vary per batch (not for XLA) and other dropout masks.
 
     Attributes:
         config: the BertConfig.
@@ -1011,13 +1184,18 @@ class BertPretrainingModel(keras.Model):
         name: str = "bert_pretraining",
         dropout_masks: str = "philox",
         column_sums: str = "reduce",
+        pack_tokens: bool = False,
         **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self.config = config
         dtype = self.dtype_policy
         self.encoder = BertEncoder(
-            config, dropout_masks=dropout_masks, column_sums=column_sums, dtype=dtype
+            config,
+            dropout_masks=dropout_masks,
+            column_sums=column_sums,
+            pack_tokens=pack_tokens,
+            dtype=dtype,
         )
         self.mlm_head = MaskedLMHead(config, column_sums=column_sums, dtype=dtype)
         self.nsp_head = NextSentenceHead(config, dtype=dtype)

@@ -206,6 +206,7 @@ def model_flops(
     args: argparse.Namespace,
     next_sentence_head: bool,
     last_layer_rows: int | None = None,
+    packed_tokens: int | None = None,
 ) -> int:
     """Matmul FLOPs of one training step of the global batch (flops_bert.py)."""
     forward = flops_bert.forward_flops(
@@ -218,6 +219,7 @@ def model_flops(
         predictions=args.predictions,
         next_sentence_head=next_sentence_head,
         last_layer_rows=last_layer_rows,
+        packed_tokens=packed_tokens,
     )
     return flops_bert.training_flops(forward)
 
@@ -371,11 +373,18 @@ def make_our_runner(size: ModelSize, batch: dict, spec: dict) -> tuple[Callable[
 
     call = inspect.signature(modeling.BertEncoder.call).parameters
     last_layer_rows = spec["predictions"] + 1 if "output_positions" in call else None
+    # Checkouts whose encoder packs the real tokens (without XLA) do the dense products
+    # on that many rows (one replica: the batch's).
+    packed_tokens = None
+    if getattr(trainer.model.encoder, "pack_tokens", False):
+        packing = modeling.token_packing(tf.constant(batch["input_mask"]))
+        packed_tokens = int(tf.size(packing.positions))
     facts = {
         "module": training.__name__,
         "config": used,
         "notes": notes,
         "last_layer_rows": last_layer_rows,
+        "packed_tokens": packed_tokens,
     }
     return run, facts
 
@@ -850,7 +859,13 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
         median, peak = row["median"], peaks.get(row["precision"])
         ours_facts = row.get("ready", {}).get("ours", {}).get("facts", {})
         flops = {
-            "ours": model_flops(size, args, True, ours_facts.get("last_layer_rows")),
+            "ours": model_flops(
+                size,
+                args,
+                True,
+                ours_facts.get("last_layer_rows"),
+                ours_facts.get("packed_tokens"),
+            ),
             "theirs": model_flops(size, args, False),
         }
         cells = {role: f"{median[role]:.2f}" if role in median else "–" for role in flops}
@@ -890,6 +905,15 @@ def format_report(args: argparse.Namespace, cpu: dict, gemm: dict | None, rows: 
             "; ours computes its last layer at the masked positions and the first token "
             "only (keys and values at all positions), keras-hub at every position"
             if facts.get("ours", {}).get("last_layer_rows")
+            else ""
+        )
+        + (
+            "; without XLA ours does its dense products (projections, feed-forward) on "
+            "the real tokens only, rounded up to a multiple of 64 rows"
+            if any(
+                row.get("ready", {}).get("ours", {}).get("facts", {}).get("packed_tokens")
+                for row in rows
+            )
             else ""
         )
         + ". % of GEMM peak: model FLOP/s over the measured matmul peak of the same "

@@ -34,6 +34,7 @@ def forward_flops(
     predictions: int,
     next_sentence_head: bool = True,
     last_layer_rows: int | None = None,
+    packed_tokens: int | None = None,
 ) -> dict[str, int]:
     """Forward-pass matmul FLOPs of BERT with its pretraining heads, by part.
 
@@ -51,6 +52,10 @@ def forward_flops(
             feed-forward network for R positions per sequence only (bert-gpu's
             pretraining model: R = P + 1, the masked positions and the pooler's first
             token). None: all S, as keras-hub does.
+        packed_tokens: if given, T: the projections and feed-forward networks work on T
+            packed token rows instead of all B·S (bert-gpu's pretraining model without
+            XLA: the real tokens, rounded up); the attention scores and context stay on
+            the padded [B, S] layout. None: all B·S.
 
     Returns:
         FLOPs per part (Python ints, exact): "attention_projections" (Q, K, V and the
@@ -79,20 +84,34 @@ def forward_flops(
     ...     vocab_size=30522, batch_size=32, seq_length=128, predictions=20,
     ...     last_layer_rows=21).values())
     7434485760
+
+    Packed to T = 3840 of the 4096 tokens as well, the first layer's projections lose
+    8·256·128·128 = 33,554,432 and its FFN 2·2·256·128·512 = 67,108,864, the last layer's
+    keys and values 2·2·256·128·128 = 16,777,216; 117,440,512 fewer:
+
+    >>> sum(forward_flops(num_layers=2, hidden_size=128, intermediate_size=512,
+    ...     vocab_size=30522, batch_size=32, seq_length=128, predictions=20,
+    ...     last_layer_rows=21, packed_tokens=3840).values())
+    7317045248
     """
     b, s, p = batch_size, seq_length, predictions
     h, i, v = hidden_size, intermediate_size, vocab_size
-    tokens = b * s
-    # Query rows per sequence, layer by layer (all S but maybe in the last layer).
+    tokens = b * s if packed_tokens is None else packed_tokens  # rows of the dense products
+    # Query rows per sequence, layer by layer (all S but maybe in the last layer), and the
+    # dense products' rows at them.
     rows = [s] * num_layers
+    query_tokens = [tokens] * num_layers
     if last_layer_rows is not None:
         rows[-1] = last_layer_rows
+        query_tokens[-1] = b * last_layer_rows
     flops = {
-        # K and V for all B·S tokens, Q and the output projection for the query rows.
-        "attention_projections": sum(2 * 2 * tokens * h * h + 2 * 2 * b * r * h * h for r in rows),
+        # K and V for all tokens, Q and the output projection for the query rows.
+        "attention_projections": sum(
+            2 * 2 * tokens * h * h + 2 * 2 * q * h * h for q in query_tokens
+        ),
         "attention_scores": sum(2 * b * r * s * h for r in rows),  # [B,N,R,D] × [B,N,D,S]
         "attention_context": sum(2 * b * r * s * h for r in rows),  # [B,N,R,S] × [B,N,S,D]
-        "feed_forward": sum(2 * 2 * b * r * h * i for r in rows),  # [BR,H]×[H,I], [BR,I]×[I,H]
+        "feed_forward": sum(2 * 2 * q * h * i for q in query_tokens),  # [Q,H]×[H,I], [Q,I]×[I,H]
         "pooler": 2 * b * h * h,  # the first token of each sequence
         "mlm_transform": 2 * b * p * h * h,
         "mlm_output": 2 * b * p * h * v,  # tied to the word embeddings, [BP,H] × [H,V]

@@ -252,6 +252,178 @@ def test_the_cut_last_layer_applies_its_dropout():
     assert np.abs(first - logits(training=True, dropout_seed=SEED + 1)).max() > 0.1
 
 
+# ---------------------------------------------------------------------------------------
+# Packed tokens
+# ---------------------------------------------------------------------------------------
+
+
+def test_token_packing_moves_the_real_rows():
+    """packed_to_heads / heads_to_packed / gather_packed against NumPy indexing, for a mask
+    that is not a prefix, a row of padding only and a full row, with a filler row; and
+    their gradients."""
+    mask = np.array([[1, 1, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]], np.int32)  # B=3, S=4
+    # 7 real tokens, rounded up to 8 rows by the first padding position.
+    positions = np.concatenate([np.flatnonzero(mask), np.flatnonzero(mask == 0)])[:8]
+    b_of, s_of = np.divmod(positions, 4)
+    packing = modeling.token_packing(tf.constant(mask), multiple=4)
+    np.testing.assert_array_equal(packing.positions, positions)
+    np.testing.assert_array_equal(packing.row.numpy()[positions], np.arange(8))
+    assert (np.delete(packing.row.numpy(), positions) == 8).all()
+    # At most all of a small batch; a batch of padding only: one multiple of rows.
+    everything = np.concatenate([np.flatnonzero(mask), np.flatnonzero(mask == 0)])
+    np.testing.assert_array_equal(modeling.token_packing(tf.constant(mask)).positions, everything)
+    no_tokens = modeling.token_packing(tf.zeros([2, 3], tf.int32), multiple=4)
+    np.testing.assert_array_equal(no_tokens.positions, range(4))
+
+    rng = np.random.default_rng(0)
+    k_count, heads, size = 2, 2, 3  # K projections of N heads of D units
+    packed = tf.constant(rng.normal(size=(8, k_count * heads * size)).astype(np.float32))
+    split_upstream = rng.normal(size=(k_count, 3, heads, 4, size)).astype(np.float32)
+    pad_b, pad_s = np.nonzero(mask == 0)
+    split_upstream[:, pad_b, :, pad_s] = 0.0  # as attention's: nothing flows into padding
+    padded_heads = tf.constant(rng.normal(size=(3, heads, 4, size)).astype(np.float32))
+    merge_upstream = tf.constant(rng.normal(size=(8, heads * size)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([packed, padded_heads])
+        split = modeling.packed_to_heads(packed, packing, k_count, heads)  # [K, B, N, S, D]
+        merged = modeling.heads_to_packed(padded_heads, packing)  # [T, N·D]
+        split_loss = tf.reduce_sum(split * split_upstream)
+        merge_loss = tf.reduce_sum(merged * merge_upstream)
+
+    rows = packed.numpy().reshape(8, k_count, heads, size)
+    split = split.numpy()
+    assert split.shape == (k_count, 3, heads, 4, size)
+    np.testing.assert_array_equal(split[:, b_of, :, s_of], rows)  # [T, K, N, D] both
+    for b, s in zip(pad_b, pad_s):  # a placeholder without a row: some row's values
+        for k in range(k_count):
+            for n in range(heads):
+                assert (split[k, b, n, s] == rows[:, k, n]).all(axis=-1).any(), (k, b, n, s)
+    want = split_upstream[:, b_of, :, s_of].reshape(8, -1)  # (fancy indices go first)
+    np.testing.assert_array_equal(tape.gradient(split_loss, packed), want)
+
+    np.testing.assert_array_equal(merged, padded_heads.numpy()[b_of, :, s_of].reshape(8, -1))
+    want = np.zeros((3, heads, 4, size), np.float32)  # zero where no row is
+    want[b_of, :, s_of] = merge_upstream.numpy().reshape(8, heads, size)
+    np.testing.assert_array_equal(tape.gradient(merge_loss, padded_heads), want)
+
+    # Positions (b, s) read the packed row of that token (the filler's at (0, 2)), else 0.
+    x = tf.constant(np.arange(8 * 2, dtype=np.float32).reshape(8, 2) + 100)
+    gathered = modeling.gather_packed(x, tf.constant([[3, 2], [0, 1], [0, 3]]), packing)
+    np.testing.assert_array_equal(gathered[0], [x[2], x[7]])
+    np.testing.assert_array_equal(gathered[1], np.zeros((2, 2)))
+    np.testing.assert_array_equal(gathered[2], [x[3], x[6]])
+
+
+def packed_model(config, weights):
+    """A pack_tokens=True model holding `weights` ({original name: value})."""
+    model = modeling.BertPretrainingModel(config, pack_tokens=True)
+    model.build_weights()
+    for name, variable in modeling.original_name_map(model).items():
+        variable.assign(weights[name].astype(np.float32))
+    return model
+
+
+# Packed rows a multiple of 1: the real tokens only; of 5: 24 real tokens and 1 filler row.
+# (The default, 64, would pack all of these small batches.)
+ROWS_MULTIPLES = [1, 5]
+
+
+@pytest.mark.parametrize("multiple", ROWS_MULTIPLES)
+def test_packed_tokens_match_the_numpy_reference(model_and_weights, monkeypatch, multiple):
+    """Computed on the real tokens only, the heads' outputs are the padded model's: within
+    the float32 tolerances against the float64 reference (padding in 2 of 3 sequences)."""
+    monkeypatch.setattr(modeling, "PACKED_ROWS_MULTIPLE", multiple)
+    model, weights = model_and_weights
+    packed = packed_model(model.config, weights)
+    features = batch(seq_length=10)
+    outputs = {key: value.numpy() for key, value in packed(to_tensors(features)).items()}
+    expected, tolerances = reference_and_tolerances(weights, model.config, features)
+    assert_within(outputs, expected, tolerances, keys=["mlm_logits", "nsp_logits"])
+    # The reference at a wrong (e.g. shifted) position is far off: the test can fail.
+    shifted = dict(features, masked_lm_positions=(features["masked_lm_positions"] + 1) % 4)
+    wrong = nb.forward(weights, model.config, shifted)["mlm_logits"]
+    assert np.abs(wrong - outputs["mlm_logits"]).max() > 100 * tolerances["mlm_logits"]
+
+
+@pytest.mark.parametrize("multiple", ROWS_MULTIPLES)
+def test_packed_tokens_give_the_padded_models_gradients(model_and_weights, monkeypatch, multiple):
+    """Every variable's gradient of a weighted loss over both heads, packed against padded.
+
+    Tolerance as in test_output_positions_give_the_full_encoders_rows: float32 rounding
+    along the backward chain, 1e-4 of each gradient's largest entry (the key biases' scale
+    is the query bias's: theirs is 0 in exact arithmetic). A sequence of padding only (a
+    padded final batch's row) is in the batch and weighted 0, as the trainer weights it."""
+    monkeypatch.setattr(modeling, "PACKED_ROWS_MULTIPLE", multiple)
+    model, weights = model_and_weights
+    packed = packed_model(model.config, weights)
+    features = batch(batch_size=4, seq_length=10)
+    features["input_mask"][3] = 0
+    features["input_ids"][3] = 0
+    features["segment_ids"][3] = 0
+    features["masked_lm_positions"][3] = 0
+    example_weight = tf.constant([1.0, 0.5, 2.0, 0.0])
+    upstream = tf.random.stateless_normal([4, 3, VOCAB], [5, 6])
+    upstream_nsp = tf.random.stateless_normal([4, 2], [7, 8])
+    tensors = to_tensors(features)
+    gradients = {}
+    for name, which in (("padded", model), ("packed", packed)):
+        with tf.GradientTape() as tape:
+            outputs = which(tensors)
+            weighted = example_weight[:, tf.newaxis] * tf.reduce_sum(
+                outputs["mlm_logits"] * upstream, axis=-1
+            )
+            loss = tf.reduce_sum(weighted) + tf.reduce_sum(
+                example_weight * tf.reduce_sum(outputs["nsp_logits"] * upstream_nsp, axis=-1)
+            )
+        assert np.isfinite(loss.numpy()), name
+        variables = which.trainable_variables
+        by_variable = {id(v): g for v, g in zip(variables, tape.gradient(loss, variables))}
+        gradients[name] = {
+            original: tf.convert_to_tensor(by_variable[id(variable)]).numpy()
+            for original, variable in modeling.original_name_map(which).items()
+        }
+    assert gradients["padded"].keys() == gradients["packed"].keys()
+    for name, want in gradients["padded"].items():
+        scale = np.abs(gradients["padded"][name.replace("/key/bias", "/query/bias")]).max()
+        assert scale > 0, name
+        got = gradients["packed"][name]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale, err_msg=name)
+
+
+def test_packed_tokens_apply_their_dropout(monkeypatch):
+    """The packed embeddings drop units at the configured rate and scale the rest; a packed
+    layer's dropout follows the seed (training=True differs from inference and between
+    seeds, and repeats for one seed)."""
+    monkeypatch.setattr(modeling, "PACKED_ROWS_MULTIPLE", 1)
+    config = tiny_config(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.0)
+    model = modeling.BertPretrainingModel(config, pack_tokens=True)
+    model.build_weights()
+    randomize(model)
+    features = to_tensors(batch())
+    packing = modeling.token_packing(features["input_mask"])
+    inputs = (features["input_ids"], features["segment_ids"])
+    embeddings = model.encoder.embeddings
+    kept = embeddings(*inputs, packing=packing).numpy()  # [T, H]
+    dropped = embeddings(*inputs, packing=packing, training=True, dropout_seed=SEED).numpy()
+    assert kept.shape == (18, 32)  # 8 + 6 + 4 real tokens
+    zero = dropped == 0
+    # 576 units, each dropped with probability 1/2: the fraction is 0.5 ± 0.021 (1 sd).
+    assert 0.4 < zero.mean() < 0.6
+    np.testing.assert_allclose(dropped[~zero], 2 * kept[~zero], rtol=1e-6)
+
+    layer = model.encoder.layer_0
+    bias = modeling.attention_bias_from_mask(features["input_mask"])
+
+    def layer_output(**kwargs):
+        return layer(tf.constant(kept), bias, packing=packing, **kwargs).numpy()
+
+    inference = layer_output()
+    first = layer_output(training=True, dropout_seed=SEED)
+    np.testing.assert_array_equal(first, layer_output(training=True, dropout_seed=SEED))
+    assert np.abs(first - inference).max() > 0.1  # rounding is below 1e-4 here
+    assert np.abs(first - layer_output(training=True, dropout_seed=SEED + 1)).max() > 0.1
+
+
 def test_sequence_longer_than_position_table_raises(model_and_weights):
     model, _ = model_and_weights
     features = batch(seq_length=17)

@@ -220,6 +220,8 @@ def trainer_run(request, tmp_path_factory):
     # Compiled for CPUs, the bias and LayerNorm gradients' row sums are products with ones.
     column_sums = trainer.model.encoder.layer_0.intermediate.column_sums
     assert column_sums == ("matmul" if request.param else "reduce")
+    # Without XLA the encoder computes on the real tokens only (the batches hold padding).
+    assert trainer.model.encoder.pack_tokens is not request.param
     by_id = {id(v): name for name, v in modeling.original_name_map(trainer.model).items()}
     names = [by_id[id(variable)] for variable in trainer.variables]
     weights = random_weights()
