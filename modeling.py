@@ -11,7 +11,8 @@ Dropout is stateless: every mask is a pure function of a `dropout_seed` tensor p
 `call` and a fixed number per dropout site, so a resumed run redraws exactly the masks
 it would have drawn. Nothing here knows about devices or distribution strategies, and
 nothing rules out `tf.function(jit_compile=True)` or a mixed-precision policy: shapes are
-static per batch and all logits come back in float32.
+static per batch (except with `pack_tokens`, meant for uncompiled steps) and all logits
+come back in float32.
 """
 
 # Dimension legend for the shape comments:
@@ -23,6 +24,7 @@ static per batch and all logits come back in float32.
 #   I = intermediate (feed-forward) size
 #   P = masked positions per sequence (max_predictions_per_seq)
 #   V = vocabulary size
+#   (In the packed-token code T also counts a packed tensor's rows; see TokenPacking.)
 
 from __future__ import annotations
 
