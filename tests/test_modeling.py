@@ -903,6 +903,17 @@ def test_hash_masks_match_a_numpy_reference_with_and_without_xla():
         np.testing.assert_array_equal(y == 0, ~keep)
         np.testing.assert_allclose(y, expected, rtol=2 * nb.U32, atol=0)
     assert 0 < (~keep).sum() < keep.size  # this seed drops some units, not all
+    # The gradient: upstream·keep·(1/(1 − rate)).
+    upstream = tf.constant(np.random.default_rng(4).normal(size=x.shape), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x, training=True, dropout_seed=SEED) * upstream)
+    want = upstream.numpy() * keep * np.float32(1 / (1 - rate))
+    np.testing.assert_allclose(tape.gradient(loss, x), want, rtol=2 * nb.U32, atol=0)
+    # In bfloat16: the same mask.
+    half = modeling.StatelessDropout(rate, site=7, masks="hash", dtype="mixed_bfloat16")
+    y = half(tf.cast(x, tf.bfloat16), training=True, dropout_seed=SEED).numpy()
+    np.testing.assert_array_equal(y == 0, ~keep)
     with pytest.raises(ValueError, match="masks='cheap'"):
         modeling.StatelessDropout(rate, site=7, masks="cheap")
     # A mask of 2³¹ elements would wrap the int32 index: refused when traced (nothing of
