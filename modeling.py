@@ -634,7 +634,10 @@ def packed_to_heads(x: tf.Tensor, packing: TokenPacking, count: int, num_heads: 
     attention never attends to padding, and no output is read at a padding query), and
     its gradient is dropped: exact, since a padding key's probabilities are exactly 0
     (see SelfAttention) and a padding query's output gets a zero gradient from
-    `heads_to_packed`. (For the same reasons the filler rows' gradients are exactly 0.)
+    `heads_to_packed`. (The filler rows' gradients are exactly 0 for the same reasons.)
+    A sequence of padding only is the exception: it attends to its padding, so its
+    outputs are not the padded model's. They must count with weight 0 (as the padded
+    rows of a short final batch do), and then the gradients are exact too.
     """
     batch_size, seq_length = packing.batch_size, packing.seq_length
     rows = tf.shape(packing.positions)[0]  # T
@@ -696,9 +699,19 @@ def heads_to_packed(x: tf.Tensor, packing: TokenPacking) -> tf.Tensor:
 def gather_packed(x: tf.Tensor, positions: tf.Tensor, packing: TokenPacking) -> tf.Tensor:
     """The rows of packed `x` [T, C] at `positions` [B, F] (in [0, S)): [B, F, C].
 
-    A padding position reads its filler row, or zeros.
+    A padding position reads its filler row, or zeros. A position outside [0, S) is an
+    error (it would read another sequence's token).
     """
-    flat = positions + packing.seq_length * tf.range(packing.batch_size)[:, tf.newaxis]
+    seq_length = tf.cast(packing.seq_length, positions.dtype)
+    in_range = tf.reduce_all((positions >= 0) & (positions < seq_length))
+    check = tf.debugging.Assert(
+        in_range, ["masked_lm_positions outside [0, seq_length):", positions, seq_length]
+    )
+    with tf.control_dependencies([check]):
+        flat = (
+            positions
+            + seq_length * tf.range(packing.batch_size, dtype=positions.dtype)[:, tf.newaxis]
+        )
     return tf.gather(tf.pad(x, [[0, 1], [0, 0]]), tf.gather(packing.row, flat))
 
 
@@ -744,7 +757,7 @@ class BertEmbeddings(keras.layers.Layer):
     ) -> tf.Tensor:
         """Embeds `token_ids` [B, S] int with `segment_ids` [B, S] int.
 
-        Returns [B, S, H]; with a `packing`, the real tokens' rows only, [T, H].
+        Returns [B, S, H]; with a `packing`, the packed rows only, [T, H].
         """
         seq_length = tf.shape(token_ids)[1]
         if packing is not None:
@@ -812,7 +825,7 @@ class SelfAttention(keras.layers.Layer):
 
         Args:
             x: the layer input, [B, T, H] float: the keys and values; with a `packing`,
-                the real tokens' rows only, [T', H] (a packed tensor).
+                the packed rows only, [T', H].
             attention_bias: [B, 1, 1, T] float32, 0 for keys to attend to, MASK_ADDER for
                 padding.
             queries: [B, F, H] float, the rows of `x` to attend from; None: all of `x`.
@@ -853,7 +866,7 @@ class SelfAttention(keras.layers.Layer):
         The K projections are one [B·S, H] × [H, K·H] product (the kernels side by side:
         the same dot products, in one larger and faster GEMM) and one transpose; the
         variables stay the original's query, key and value. A packed `x` [T, H] (with its
-        `packing`) is projected as it is, and the projections unpacked, zero at padding.
+        `packing`) is projected as it is, and the projections unpacked (`packed_to_heads`).
         """
         batch_size, seq_length = tf.shape(x)[0], tf.shape(x)[1]
         count = len(dense)
@@ -1038,9 +1051,9 @@ class BertEncoder(keras.layers.Layer):
             (sequence_output, pooled_output [B, H]), in the compute dtype; sequence_output
             is [B, S, H], or [B, P, H] (the rows at `output_positions`) when they are given.
 
-        With `pack_tokens` (a constructor argument) and `output_positions`, every layer
-        computes on the real tokens only (see the comment below); shapes then vary with
-        the batch's padding, which XLA does not compile.
+        With `pack_tokens` (a constructor argument) and `output_positions`, the layers
+        compute on the real tokens only (see the comment below); shapes then vary with the
+        batch's padding, which XLA does not compile.
         """
         max_length = self.config.max_position_embeddings
         if token_ids.shape[1] is not None and token_ids.shape[1] > max_length:
@@ -1050,12 +1063,14 @@ class BertEncoder(keras.layers.Layer):
             )
         drop = {"training": training, "dropout_seed": dropout_seed}
         # Packed tokens: the projections, feed-forward networks, residuals, LayerNorms and
-        # dropouts see only the T real tokens of the batch, rows [T, H]; the attention
-        # scores alone are computed on the padded [B, S] layout (the projections are
-        # unpacked there, zero at padding, and the context packed again). Padding is never
-        # attended to and never read, so the values are those of the padded computation,
-        # with T / (B·S) of its work. The dropout masks are drawn for the packed shapes:
-        # other masks than a padded run's, from the same distribution.
+        # dropouts see only the T real tokens of the batch, rows [T, H] (and a few filler
+        # rows, see TokenPacking); the attention scores alone are computed on the padded
+        # [B, S] layout (the projections are unpacked there, and the context packed
+        # again). Padding is never attended to and never read, so the values are those of
+        # the padded computation, with about T / (B·S) of its work; the exceptions, a
+        # sequence of padding only and a prediction at a padding position, must have
+        # weight 0 (as the data's padding does). The dropout masks are drawn for the
+        # packed shapes: other masks than a padded run's, from the same distribution.
         packing = None
         if self.pack_tokens and output_positions is not None:
             packing = token_packing(input_mask)

@@ -154,8 +154,8 @@ def define_flags() -> None:
         "Compile each replica's forward, backward and update with XLA (--noxla: off). "
         "Default: on, except bf16 on CPUs with AMX or AVX512-BF16 and fp32 on CPUs with AMX "
         "(TensorFlow's own oneDNN matmuls were faster there); a resumed run keeps the mode "
-        "it started with. Without XLA the encoder computes on the real tokens only "
-        "(padding skipped).",
+        "it started with. Without XLA, on CPUs, the encoder computes on the real tokens "
+        "only (padding skipped).",
     )
     flags.DEFINE_integer(
         "gradient_accumulation_steps",

@@ -344,14 +344,16 @@ class Trainer:
             # modeling.COLUMN_SUMS). Elsewhere they are sums over the rows (the "matmul"
             # choice was not measured on GPUs); either way half types sum in float32.
             # Without XLA, whose shapes are static, the encoder computes on the real
-            # tokens only (modeling.BertEncoder, pack_tokens).
+            # tokens only (modeling.BertEncoder, pack_tokens): on CPUs, where it was
+            # measured. (On a GPU, finding the real tokens waits for the device once a
+            # step, and the GELU's compiled cluster compiles once per packed shape.)
             on_cpus = all_cpus(strategy.extended.worker_devices)
             self.model = modeling.BertPretrainingModel(
                 bert_config,
                 dtype=PRECISION_POLICIES[config.precision],
                 dropout_masks="hash" if self.xla else "philox",
                 column_sums="matmul" if self.xla and on_cpus else "reduce",
-                pack_tokens=not self.xla,
+                pack_tokens=not self.xla and on_cpus,
             )
             self.model.build_weights()
             names = modeling.original_name_map(self.model)

@@ -280,7 +280,12 @@ def test_token_packing_moves_the_real_rows():
     packed = tf.constant(rng.normal(size=(8, k_count * heads * size)).astype(np.float32))
     split_upstream = rng.normal(size=(k_count, 3, heads, 4, size)).astype(np.float32)
     pad_b, pad_s = np.nonzero(mask == 0)
-    split_upstream[:, pad_b, :, pad_s] = 0.0  # as attention's: nothing flows into padding
+    # As attention's: nothing flows into padding without a packed row (the filler at
+    # (0, 2) has one, and its gradient is its own).
+    rowless = np.isin(np.arange(12), positions, invert=True).reshape(3, 4)
+    rowless_b, rowless_s = np.nonzero(rowless)
+    split_upstream[:, rowless_b, :, rowless_s] = 0.0
+    assert split_upstream[:, 0, :, 2].any()
     padded_heads = tf.constant(rng.normal(size=(3, heads, 4, size)).astype(np.float32))
     merge_upstream = tf.constant(rng.normal(size=(8, heads * size)).astype(np.float32))
     with tf.GradientTape(persistent=True) as tape:
@@ -312,6 +317,9 @@ def test_token_packing_moves_the_real_rows():
     np.testing.assert_array_equal(gathered[0], [x[2], x[7]])
     np.testing.assert_array_equal(gathered[1], np.zeros((2, 2)))
     np.testing.assert_array_equal(gathered[2], [x[3], x[6]])
+    for outside in (4, -1):  # would read the next or the previous sequence's token
+        with pytest.raises(tf.errors.InvalidArgumentError, match="masked_lm_positions outside"):
+            modeling.gather_packed(x, tf.constant([[1, 0], [0, outside], [0, 0]]), packing)
 
 
 def packed_model(config, weights):
@@ -323,8 +331,8 @@ def packed_model(config, weights):
     return model
 
 
-# Packed rows a multiple of 1: the real tokens only; of 5: 24 real tokens and 1 filler row.
-# (The default, 64, would pack all of these small batches.)
+# Packed rows a multiple of 1: the real tokens only; of 5: the real tokens and 1 or 2 filler
+# rows. (The default, 64, would pack all of these small batches.)
 ROWS_MULTIPLES = [1, 5]
 
 
@@ -357,11 +365,9 @@ def test_packed_tokens_give_the_padded_models_gradients(model_and_weights, monke
     model, weights = model_and_weights
     packed = packed_model(model.config, weights)
     features = batch(batch_size=4, seq_length=10)
-    features["input_mask"][3] = 0
-    features["input_ids"][3] = 0
-    features["segment_ids"][3] = 0
-    features["masked_lm_positions"][3] = 0
-    example_weight = tf.constant([1.0, 0.5, 2.0, 0.0])
+    for key in ("input_mask", "input_ids", "segment_ids", "masked_lm_positions"):
+        features[key][0] = 0  # 18 real tokens: at a multiple of 5, 2 filler rows in row 0
+    example_weight = tf.constant([0.0, 1.0, 0.5, 2.0])
     upstream = tf.random.stateless_normal([4, 3, VOCAB], [5, 6])
     upstream_nsp = tf.random.stateless_normal([4, 2], [7, 8])
     tensors = to_tensors(features)
