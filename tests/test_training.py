@@ -24,6 +24,14 @@ import training
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True)
+def pack_without_filler_rows(monkeypatch):
+    """Uncompiled steps pack the real tokens (modeling.TokenPacking), rounded up to 64 rows
+    by default: all of these small batches. A multiple of 1 makes them skip their padding,
+    so that the equivalence tests below (replicas, accumulation, resuming) cover it."""
+    monkeypatch.setattr(modeling, "PACKED_ROWS_MULTIPLE", 1)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     return make_workspace(tmp_path_factory.mktemp("train"))
