@@ -8,7 +8,9 @@ The baseline checkout (--baseline_repo) and this one (or --ours_repo) each train
 own worker process of benchmarks/bench_training.py, on the same synthetic batch, taking
 turns in timed windows after their warm-up, so machine noise hits both alike. Every
 other flag of bench_training.py that concerns ours (--xla, --device, --batch_size, ...)
-is given to both; keras-hub's, the GEMM peak's and --output have no use here.
+is given to both, except that --baseline_xla sets the baseline's --xla apart (to time
+XLA against no XLA in one checkout: --baseline_repo=. --baseline_xla=true --xla=false);
+keras-hub's flags, the GEMM peak's and --output have no use here.
 Prints, per config and precision, each side's median seq/s and the ratio of every pair
 of windows (after / before): the figure to quote for a change meant to be faster.
 """
@@ -31,10 +33,16 @@ def compare(args: argparse.Namespace, config: str, precision: str) -> str:
     """Times both checkouts at one config and precision; returns a markdown table row."""
     workers, ready = {}, {}
     repos = {"before": args.baseline_repo, "after": args.ours_repo}
+    xla = {"before": args.baseline_xla, "after": args.xla}
     try:
         for side in SIDES:  # one after the other: neither's tracing slows the other's
             spec = bench_training._worker_spec(
-                args, role="ours", config=config, precision=precision, ours_repo=repos[side]
+                args,
+                role="ours",
+                config=config,
+                precision=precision,
+                ours_repo=repos[side],
+                xla=xla[side],
             )
             workers[side] = bench_training.Worker(spec)
             workers[side].name = side
@@ -59,15 +67,26 @@ def main(argv: list[str]) -> int:
         epilog="Every other flag is benchmarks/bench_training.py's (see its --help).",
     )
     parser.add_argument("--baseline_repo", required=True, help="the checkout to compare with")
+    parser.add_argument(
+        "--baseline_xla",
+        type=bench_training.boolean,
+        help="the baseline's --xla, where it differs from the other side's (e.g. XLA against "
+        "no XLA in one checkout: --baseline_repo=. --baseline_xla=true --xla=false)",
+    )
     own, rest = parser.parse_known_args(argv)
     args = bench_training.parse_args(rest)
     args.baseline_repo = os.path.abspath(own.baseline_repo)
+    args.baseline_xla = args.xla if own.baseline_xla is None else own.baseline_xla
     if not os.path.isfile(os.path.join(args.baseline_repo, "modeling.py")):
         parser.error(f"--baseline_repo={own.baseline_repo}: no bert-gpu checkout there")
     for flag in ("--warm_up_together", "--ours_only", "--theirs_only", "--output"):
         if any(arg == flag or arg.startswith(flag + "=") for arg in rest):
             parser.error(f"{flag}: not used here (both sides are bert-gpu, warmed up in turn)")
-    print(f"before: {args.baseline_repo}\nafter: {args.ours_repo}\n")
+    xla = {
+        side: "" if x is None else f" (--xla={str(x).lower()})"
+        for side, x in (("before", args.baseline_xla), ("after", args.xla))
+    }
+    print(f"before: {args.baseline_repo}{xla['before']}\nafter: {args.ours_repo}{xla['after']}\n")
     print(
         "| config | precision | before seq/s | after seq/s | after / before (medians) "
         "| after / before (median of window pairs) | window pairs |\n"
