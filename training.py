@@ -193,11 +193,20 @@ def all_cpus(replica_devices: Sequence[str]) -> bool:
     return all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in replica_devices)
 
 
+# From this hidden size on (BERT-base's), the uncompiled fp32 step, which packs the real
+# tokens, was the faster on a CPU with AVX512-BF16 (see default_xla).
+PACKED_BEATS_XLA_HIDDEN_SIZE = 768
+
+
 def default_xla(
-    precision: str, replica_devices: Sequence[str], cpu_bf16: str | None = None
+    precision: str,
+    replica_devices: Sequence[str],
+    cpu_bf16: str | None = None,
+    hidden_size: int | None = None,
 ) -> tuple[bool, str]:
     """What --xla is when not given: on, except bf16 on CPUs with bf16 matrix instructions
-    (AMX or AVX512-BF16) and fp32 on CPUs with AMX.
+    (AMX or AVX512-BF16), fp32 on CPUs with AMX, and fp32 at BERT-base size and larger
+    (`hidden_size` ≥ 768) on CPUs with AVX512-BF16.
 
     XLA's CPU compiler does not use the bf16 instructions, TensorFlow's own (oneDNN)
     kernels do: uncompiled, the bf16 step was 2.0× as fast on a 16-core AMX Xeon and 1.56×
@@ -206,14 +215,15 @@ def default_xla(
     0.95-0.96× in two others; on the Zen 4 (no AMX) XLA was the faster in fp32 at tiny
     (1.18×), as on a 2-core AVX2 EPYC (tiny 1.4×, BERT-small even). Since the uncompiled
     step packs the real tokens, BERT-small is even on the Zen 4 and BERT-base 1.09× as
-    fast without XLA: the default, which knows the hardware and not the model, stays on
-    there. BENCHMARKS.md has the runs. fp16 on any CPU was not measured: XLA stays on.
+    fast without XLA. (Not measured at BERT-base on AVX2-only CPUs: XLA stays on there.)
+    BENCHMARKS.md has the runs. fp16 on any CPU was not measured: XLA stays on.
 
     Args:
         precision: --precision.
         replica_devices: the device names of this worker's replicas.
         cpu_bf16: the CPU's bf16 matrix instructions as `cpu_bf16_matmul` gives them ("amx",
             "avx512_bf16" or ""); None: read from this machine.
+        hidden_size: the model's; None: not known (the size rule does not apply).
 
     Returns:
         (on, why it is off, or "" when on).
@@ -229,6 +239,16 @@ def default_xla(
         if precision == "fp32" and cpu_bf16 == "amx":
             return False, (
                 "fp32 on a CPU with AMX: TensorFlow's own oneDNN kernels were faster there"
+            )
+        if (
+            precision == "fp32"
+            and cpu_bf16 == "avx512_bf16"
+            and hidden_size is not None
+            and hidden_size >= PACKED_BEATS_XLA_HIDDEN_SIZE
+        ):
+            return False, (
+                f"fp32 at hidden size {hidden_size} on a CPU with AVX512-BF16: the uncompiled "
+                "step, which skips the padding, was the faster there from BERT-base's size on"
             )
     return True, ""
 
@@ -335,7 +355,11 @@ class Trainer:
         self.use_loss_scale = config.precision == "fp16"
         self.xla = config.xla
         if self.xla is None:  # (train_and_evaluate resolves it before; tests may not)
-            self.xla, _ = default_xla(config.precision, strategy.extended.worker_devices)
+            self.xla, _ = default_xla(
+                config.precision,
+                strategy.extended.worker_devices,
+                hidden_size=bert_config.hidden_size,
+            )
         # The initial weights are a function of --seed.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
@@ -1111,7 +1135,7 @@ def train_and_evaluate(
     if latest and config.do_train and tf.io.gfile.exists(saved_config):
         with tf.io.gfile.GFile(saved_config) as f:
             saved = json.load(f)
-    config, xla_reason = _resolve_xla(config, devices, saved)
+    config, xla_reason = _resolve_xla(config, devices, saved, bert_config.hidden_size)
     if saved is not None:
         _check_resume(config, run_facts, saved)
 
@@ -1209,7 +1233,10 @@ class WorkerLostError(RuntimeError):
 
 
 def _resolve_xla(
-    config: TrainConfig, devices: distribute.Devices, saved: dict | None
+    config: TrainConfig,
+    devices: distribute.Devices,
+    saved: dict | None,
+    hidden_size: int | None = None,
 ) -> tuple[TrainConfig, str]:
     """`config` with --xla decided, and why when the flag was not given ("" when it was).
 
@@ -1224,7 +1251,9 @@ def _resolve_xla(
     elif saved is not None and isinstance(saved.get("xla"), bool):
         xla, reason = saved["xla"], "as the resumed run"
     else:
-        xla, why = default_xla(config.precision, devices.strategy.extended.worker_devices)
+        xla, why = default_xla(
+            config.precision, devices.strategy.extended.worker_devices, hidden_size=hidden_size
+        )
         reason = "auto" + (f": {why}" if why else "")
     if devices.num_workers > 1:
         everywhere = bool(distribute.agree_on_min(devices, int(xla)))

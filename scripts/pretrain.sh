@@ -85,8 +85,9 @@ Environment variables (default in brackets):
   WEIGHT_DECAY         decoupled weight decay [0.01]
   PRECISION            fp32, bf16 or fp16 (bf16 on Ampere or newer GPUs) [fp32]
   XLA                  1: compile the steps with XLA; 0: don't; auto: the trainer's
-                       default (on, except bf16 on a CPU with AMX or AVX512-BF16
-                       and fp32 on a CPU with AMX) [auto]
+                       default (on, except bf16 on a CPU with AMX or AVX512-BF16,
+                       fp32 on a CPU with AMX, and fp32 at hidden size 768 and up
+                       on a CPU with AVX512-BF16) [auto]
   NUM_GPUS             GPUs per machine [those of CUDA_VISIBLE_DEVICES, else nvidia-smi -L]
   CPU_REPLICAS         without a GPU: replicas on logical CPU devices (tests) [0: one]
   PHASE1_DATA          phase-1 training files (globs, comma-separated) [DATA_DIR/phase1/train-*.tfrecord]

@@ -424,24 +424,49 @@ def test_cpu_bf16_matmul_is_read_from_the_cpu_flags(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "precision, device, cpu_bf16, expected",
+    "precision, device, cpu_bf16, hidden_size, expected",
     [
-        ("fp32", "CPU", "", True),  # e.g. AVX2 only: XLA wins (tiny) or ties
-        ("fp32", "CPU", "avx512_bf16", True),  # e.g. AMD Zen 4: XLA wins in fp32
-        ("fp32", "CPU", "amx", False),  # TensorFlow's oneDNN matmuls win
-        ("fp16", "CPU", "amx", True),  # not measured there: XLA stays on
-        ("bf16", "CPU", "", True),  # no bf16 matrix instructions: XLA's f32 matmuls
-        ("bf16", "CPU", "avx512_bf16", False),  # oneDNN uses them, XLA does not
-        ("bf16", "CPU", "amx", False),
-        ("bf16", "GPU", "amx", True),
-        ("fp32", "GPU", "amx", True),
+        ("fp32", "CPU", "", None, True),  # e.g. AVX2 only: XLA wins (tiny) or ties
+        ("fp32", "CPU", "", 768, True),  # (BERT-base not measured there)
+        ("fp32", "CPU", "avx512_bf16", None, True),  # e.g. AMD Zen 4: XLA wins at tiny
+        ("fp32", "CPU", "avx512_bf16", 512, True),  # BERT-small: even
+        ("fp32", "CPU", "avx512_bf16", 768, False),  # BERT-base: packed, uncompiled wins
+        ("fp32", "CPU", "avx512_bf16", 1024, False),
+        ("fp32", "CPU", "amx", 128, False),  # TensorFlow's oneDNN matmuls win
+        ("fp16", "CPU", "amx", 768, True),  # not measured there: XLA stays on
+        ("fp16", "CPU", "avx512_bf16", 768, True),
+        ("bf16", "CPU", "", 768, True),  # no bf16 matrix instructions: XLA's f32 matmuls
+        ("bf16", "CPU", "avx512_bf16", 128, False),  # oneDNN uses them, XLA does not
+        ("bf16", "CPU", "amx", None, False),
+        ("bf16", "GPU", "amx", 768, True),
+        ("fp32", "GPU", "amx", 1024, True),
     ],
 )
-def test_xla_default_is_off_only_where_onednn_was_faster(precision, device, cpu_bf16, expected):
+def test_xla_default_is_off_only_where_uncompiled_was_faster(
+    precision, device, cpu_bf16, hidden_size, expected
+):
     devices = [f"/job:localhost/replica:0/task:0/device:{device}:{i}" for i in range(2)]
-    xla, reason = training.default_xla(precision, devices, cpu_bf16=cpu_bf16)
+    xla, reason = training.default_xla(
+        precision, devices, cpu_bf16=cpu_bf16, hidden_size=hidden_size
+    )
     assert xla is expected
     assert bool(reason) is not expected  # a reason is given when it is off
+
+
+def test_xla_default_takes_the_models_size(workspace, tmp_path, monkeypatch):
+    """fp32 on a CPU with AVX512-BF16: XLA off from PACKED_BEATS_XLA_HIDDEN_SIZE on (set
+    here to the test model's size), on below it; in the Trainer and in a run's resolution."""
+    monkeypatch.setattr(training, "cpu_bf16_matmul", lambda: "avx512_bf16")
+    config = make_config(workspace, tmp_path / "out", xla=None)
+    bert_config = modeling.BertConfig.from_json_file(config.bert_config_file)
+    hidden = bert_config.hidden_size
+    one_worker = types.SimpleNamespace(strategy=strategy_over(1), num_workers=1)
+    for threshold, expected in ((hidden, False), (hidden + 1, True)):
+        monkeypatch.setattr(training, "PACKED_BEATS_XLA_HIDDEN_SIZE", threshold)
+        assert training.Trainer(strategy_over(1), bert_config, config).xla is expected
+        resolved, reason = training._resolve_xla(config, one_worker, None, hidden)
+        assert resolved.xla is expected
+        assert ("AVX512-BF16" in reason) is not expected
 
 
 def test_xla_not_given_is_resolved_for_the_run_and_saved(workspace, tmp_path, monkeypatch, capsys):
