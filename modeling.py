@@ -868,7 +868,6 @@ class SelfAttention(keras.layers.Layer):
         variables stay the original's query, key and value. A packed `x` [T, H] (with its
         `packing`) is projected as it is, and the projections unpacked (`packed_to_heads`).
         """
-        batch_size, seq_length = tf.shape(x)[0], tf.shape(x)[1]
         count = len(dense)
         kernel = tf.concat([tf.cast(d.kernel, x.dtype) for d in dense], axis=1)  # [H, K·H]
         bias = tf.concat([tf.identity(d.bias) for d in dense], axis=0)  # [K·H], float32
@@ -877,6 +876,7 @@ class SelfAttention(keras.layers.Layer):
         projected = add_bias(projected, bias, self.column_sums)
         if packing is not None:
             return tf.unstack(packed_to_heads(projected, packing, count, self.num_heads), num=count)
+        batch_size, seq_length = tf.shape(x)[0], tf.shape(x)[1]
         shape = [batch_size, seq_length, count, self.num_heads, self.head_size]
         projected = tf.transpose(tf.reshape(projected, shape), [2, 0, 3, 1, 4])  # [K,B,N,S,D]
         # Unstacked, not indexed: the gradient of an unstack is one stack, while each of
@@ -947,8 +947,8 @@ class TransformerLayer(keras.layers.Layer):
         """Maps `x` [B, S, H] to [B, S, H], or to [B, F, H] at `output_positions`.
 
         Args:
-            x: [B, S, H] float, the layer input; with a `packing`, the real tokens' rows
-                only, [T, H] (the output too, unless `output_positions` are given).
+            x: [B, S, H] float, the layer input; with a `packing`, the packed rows only,
+                [T, H] (the output too, unless `output_positions` are given).
             attention_bias: as in SelfAttention.
             output_positions: [B, F] int, the positions whose outputs are wanted; None:
                 all. Every position still serves as a key and a value; only the queries,
