@@ -479,6 +479,51 @@ def test_gelu_gradients_match_finite_differences(name, formula):
     np.testing.assert_allclose(analytic, upstream * numeric, rtol=0, atol=3 * 1e-8)
 
 
+# Unit roundoffs of the half types (float16: 11 significant bits).
+HALF_ROUNDOFF = {"bfloat16": nb.U_BF16, "float16": 2.0**-11}
+
+
+def assert_rounded_once(actual, exact, float32_error, half):
+    """`actual` (half precision) is a float32 result within `float32_error` of `exact`,
+    rounded once to the half type: |actual − exact| ≤ u·(|exact| + e) + e, u the half
+    type's unit roundoff. Rounding every intermediate to the half type errs by several u.
+    """
+    u = HALF_ROUNDOFF[half]
+    error = np.abs(np.asarray(actual, np.float64) - exact)
+    bound = u * (np.abs(exact) + float32_error) + float32_error
+    assert (error <= bound).all(), (error / np.maximum(bound, 1e-300)).max()
+
+
+@pytest.mark.parametrize("execution", ["graph", "xla"])
+@pytest.mark.parametrize("half", HALF_ROUNDOFF)
+def test_half_precision_gelu_rounds_once(half, execution):
+    """The GELU computes half-precision inputs in float32 and rounds its result (and the
+    gradient with respect to its input) once, in a step XLA compiles or not."""
+    dtype = HALF_TYPES[half]
+    rng = np.random.default_rng(7)
+    # Inputs exactly representable in the half type, so the float64 reference sees the
+    # same numbers.
+    x = tf.cast(rng.normal(0.5, 3.0, (64, 48)), dtype)
+    dy = tf.cast(rng.normal(0.0, 1.0, (64, 48)), dtype)
+    x64, dy64 = x.numpy().astype(np.float64), dy.numpy().astype(np.float64)
+
+    def run(x, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = modeling.gelu(x)
+        return y, tape.gradient(y, x, output_gradients=dy)
+
+    y, dx = tf.function(run, jit_compile=execution == "xla", autograph=False)(x, dy)
+    assert y.dtype == dx.dtype == dtype
+    # About 8 float32 operations on values of size ≤ 1 + |x| (see
+    # test_gelu_variants_match_their_formulas), each within a few ulps: 64·U32·(1 + |x|);
+    # the gradient's slope is below 1.13, times |dy|.
+    float32_error = 64 * nb.U32 * (1 + np.abs(x64))
+    assert_rounded_once(y, nb.gelu_tanh(x64), float32_error, half)
+    exact_dx = dy64 * nb.gelu_tanh_derivative(x64)
+    assert_rounded_once(dx, exact_dx, float32_error * (1 + np.abs(dy64)), half)
+
+
 def test_hidden_act_reaches_the_model():
     config = tiny_config(hidden_act="gelu_exact")
     model = built_model(config)
