@@ -154,9 +154,8 @@ def define_flags() -> None:
         "Compile each replica's forward, backward and update with XLA (--noxla: off). "
         "Default: on, except bf16 on CPUs with AMX or AVX512-BF16, fp32 on CPUs with AMX, "
         "and fp32 at hidden size 768 and up on CPUs with AVX512-BF16 (the uncompiled step "
-        "was faster there); a resumed run keeps the mode "
-        "it started with. Without XLA, on CPUs, the encoder computes on the real tokens "
-        "only (padding skipped).",
+        "was faster there); a resumed run keeps the mode it started with. Without XLA, on "
+        "CPUs, the encoder computes on the real tokens only (padding skipped).",
     )
     flags.DEFINE_integer(
         "gradient_accumulation_steps",
