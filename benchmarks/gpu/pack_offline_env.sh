@@ -20,7 +20,9 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$out" "$work/wheels" "$work/site"
 out=$(cd "$out" && pwd)  # the packing below runs in another folder
 
-# What TensorFlow 2.21, Keras 3 and keras-hub 0.32 import, without the optional
+# What TensorFlow 2.21, Keras 3 and keras-hub 0.32 import, and google-crc32c (this
+# project's data_format.py imports it; the GPU machine's image has the project's other
+# needs: safetensors, sentencepiece, tensorboard), without the optional
 # packages keras-hub only needs for tokenizers and downloads (tensorflow-text,
 # sentencepiece, tokenizers, kagglehub, huggingface_hub, pillow) and without
 # tensorboard, grpcio and libclang, which the benchmarks do not import.
@@ -57,6 +59,7 @@ idna==3.20
 certifi==2026.10.19.post1
 charset-normalizer==3.5.3
 zstandard==0.25.0
+google-crc32c==1.8.0
 nvidia-cuda-runtime-cu12==12.5.82
 REQUIREMENTS
 platforms=()

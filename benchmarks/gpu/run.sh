@@ -25,7 +25,10 @@
 # base      and fp16, ours against keras-hub's BertMaskedLM (base: batch 128); all workers
 #           of a model compile together, then are timed one at a time. On an H200 with 16
 #           CPU cores the compiling took 135-152 s for large (2026-11-26), the timing 40 s;
-#           on an H100, the base step took 194 s in all (first steps 118-130 s).
+#           on an H100, the base step took 194 s in all (first steps 118-130 s). On an
+#           H100 (80 GB) the four BERT-large workers of bf16 and fp16 compiling together
+#           took 215 s, and keras-hub's fp16 worker aborted (2026-11-27): there, run the
+#           precisions one at a time, LARGE_PRECISIONS=bf16, then LARGE_PRECISIONS=fp16.
 # demo      `make pretrain` (the demo: its data, 800 steps, checkpoints, evals) with this
 #           Python, on the GPU, with --precision=bf16, into OUTPUT_DIR/demo.
 # cpu_bf16  only where the host CPU has bf16 matrix instructions (AMX or AVX512-BF16):
@@ -84,7 +87,8 @@ bench=("$py" benchmarks/bench_training.py --device=gpu --warm_up_together --wind
        --window_seconds=2 --gemm_sizes=8192 --gemm_repeats=5 --warmup_steps=2)
 reports=()
 if wanted large; then
-    step large 330 "${bench[@]}" --configs=large --precisions=bf16,fp16 --batch_size=64 \
+    step large 330 "${bench[@]}" --configs=large \
+        --precisions="${LARGE_PRECISIONS:-bf16,fp16}" --batch_size=64 \
         --output="$out/large.md"
     reports+=(large)
 fi
