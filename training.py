@@ -363,8 +363,10 @@ class Trainer:
         # The initial weights are a function of --seed.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            # Hash masks cost XLA a fused integer hash per element, Philox masks a whole
-            # inline Philox block; without XLA, TensorFlow's Philox kernel is the faster.
+            # Hash masks cost a fused integer hash per element, Philox masks a whole
+            # Philox block (inline under XLA; without XLA TensorFlow's kernel, and
+            # separate passes to compare, cast and multiply): hash masks with XLA and
+            # without (modeling.hash_dropout compiles them there).
             # XLA's CPU compiler sums rows slowly where it fuses the sum with the input's
             # producer: there the gradients' column sums are products with ones (see
             # modeling.COLUMN_SUMS). Elsewhere they are sums over the rows (the "matmul"
@@ -377,7 +379,7 @@ class Trainer:
             self.model = modeling.BertPretrainingModel(
                 bert_config,
                 dtype=PRECISION_POLICIES[config.precision],
-                dropout_masks="hash" if self.xla else "philox",
+                dropout_masks="hash",
                 column_sums="matmul" if self.xla and on_cpus else "reduce",
                 pack_tokens=not self.xla and on_cpus,
             )

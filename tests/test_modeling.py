@@ -977,6 +977,38 @@ def test_hash_masks_match_a_numpy_reference_with_and_without_xla():
         step.get_concrete_function(huge)
 
 
+@pytest.mark.parametrize("execution", ["graph", "xla"])
+@pytest.mark.parametrize("half", HALF_ROUNDOFF)
+def test_half_precision_hash_dropout_scales_in_float32(half, execution):
+    """A kept unit is x/(1 − rate) rounded once to the half type, forward and backward:
+    not x times 1/(1 − rate) rounded to the half type first (bfloat16: 1.109375 for
+    1.1111 at rate 0.1, 0.16% short; float16: 1.111328), as `x * (1 / (1 - rate))` is."""
+    dtype = HALF_TYPES[half]
+    rate = 0.1
+    rng = np.random.default_rng(11)
+    # Exactly representable in the half type, so the float64 reference sees these numbers.
+    x = tf.cast(rng.normal(0.0, 3.0, (64, 48)), dtype)
+    dy = tf.cast(rng.normal(0.0, 1.0, (64, 48)), dtype)
+    seed = tf.constant([5, 6], tf.int32)
+
+    def run(x, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = modeling.hash_dropout(x, seed, rate)
+        return y, tape.gradient(y, x, output_gradients=dy)
+
+    y, dx = tf.function(run, jit_compile=execution == "xla", autograph=False)(x, dy)
+    assert y.dtype == dx.dtype == dtype
+    key = tf.random.stateless_uniform([2], seed, None, None, tf.uint32, alg="philox").numpy()
+    keep = numpy_hash_bits(x.shape, key) >= np.uint32(round(rate * 2**32))
+    assert 0 < (~keep).sum() < keep.size
+    for actual, values in ((y, x), (dx, dy)):
+        exact = np.where(keep, values.numpy().astype(np.float64) / (1.0 - rate), 0.0)
+        np.testing.assert_array_equal(actual.numpy() == 0, ~keep)
+        # In float32: 1/(1 − rate) and the product each round once.
+        assert_rounded_once(actual, exact, 2 * nb.U32 * np.abs(exact), half)
+
+
 # ---------------------------------------------------------------------------------------
 # XLA, mixed precision, distribution
 # ---------------------------------------------------------------------------------------
