@@ -484,8 +484,9 @@ def _layer_norm(name: str, dtype: Any, column_sums: str = "reduce") -> LayerNorm
     return LayerNorm(column_sums, name=name, dtype=dtype)
 
 
-# How dropout masks are drawn (see StatelessDropout). The trainer uses "hash" in steps
-# compiled with XLA and "philox" in the others.
+# How dropout masks are drawn (see StatelessDropout). The trainer uses "hash", in steps
+# compiled with XLA and in the others; "philox" (TensorFlow's own kernel) stays the
+# layers' default.
 DROPOUT_MASKS = ("philox", "hash")
 
 # The 32-bit mixer of the "hash" masks: x ^= x >> 16; x *= M1; x ^= x >> 15; x *= M2;
