@@ -973,8 +973,8 @@ def _describe_change(key: str, saved: dict, now: dict) -> str:
         return "training files (--input_file): " + "; ".join(parts)
     if key == "xla":
         return (
-            f"--xla: {old!r} then, {new!r} now (XLA draws other dropout masks: the run "
-            "would not continue as it started)"
+            f"--xla: {old!r} then, {new!r} now (the two modes round differently and, on "
+            "CPUs, draw other dropout masks: the run would not continue as it started)"
         )
     return f"--{key}: {old!r} then, {new!r} now"
 
@@ -1242,10 +1242,11 @@ def _resolve_xla(
 ) -> tuple[TrainConfig, str]:
     """`config` with --xla decided, and why when the flag was not given ("" when it was).
 
-    A resumed run keeps the mode its checkpoints were made with (its dropout masks depend
-    on it); a new one takes `default_xla` for this worker's replicas. The workers of a
-    cluster compare their modes (every worker, whatever its flags, so that none waits
-    alone in a collective): XLA is on only where it is on for all of them, and if it is
+    A resumed run keeps the mode its checkpoints were made with (its rounding and, on
+    CPUs, where the uncompiled step packs the tokens, its dropout masks depend on it); a
+    new one takes `default_xla` for this worker's replicas. The workers of a cluster
+    compare their modes (every worker, whatever its flags, so that none waits alone in a
+    collective): XLA is on only where it is on for all of them, and if it is
     off somewhere while a worker was given --xla, every worker refuses to start.
     """
     if config.xla is not None:

@@ -373,7 +373,8 @@ def test_resume_refuses_changed_settings_and_allows_another_replica_count(
         "effective batch (--batch_size × replicas × --gradient_accumulation_steps): 8 "
         "(8 × 1 × 1) then, 16 (8 × 2 × 1) now" in message
     )
-    # XLA draws other dropout masks: a change of mode is refused too.
+    # XLA rounds differently (and draws other dropout masks on CPUs): a change of mode is
+    # refused too.
     assert "--xla: False then, True now" in refusal(1, xla=True)
     assert "--num_train_steps: 3 then, 5 now" in refusal(1, num_train_steps=5)
     # A new shard matching the same glob would move the saved input position.
