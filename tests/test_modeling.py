@@ -977,30 +977,36 @@ def test_hash_masks_match_a_numpy_reference_with_and_without_xla():
         step.get_concrete_function(huge)
 
 
+@pytest.mark.parametrize("masks", modeling.DROPOUT_MASKS)
 @pytest.mark.parametrize("execution", ["graph", "xla"])
 @pytest.mark.parametrize("half", HALF_ROUNDOFF)
-def test_half_precision_hash_dropout_scales_in_float32(half, execution):
+def test_half_precision_dropout_scales_in_float32(half, execution, masks):
     """A kept unit is x/(1 − rate) rounded once to the half type, forward and backward:
     not x times 1/(1 − rate) rounded to the half type first (bfloat16: 1.109375 for
     1.1111 at rate 0.1, 0.16% short; float16: 1.111328), as `x * (1 / (1 - rate))` is."""
     dtype = HALF_TYPES[half]
     rate = 0.1
+    layer = modeling.StatelessDropout(rate, site=3, masks=masks, dtype=f"mixed_{half}")
     rng = np.random.default_rng(11)
-    # Exactly representable in the half type, so the float64 reference sees these numbers.
+    # Exactly representable in the half type, so the float64 reference sees these numbers
+    # (and none is 0, so a 0 out is a dropped unit).
     x = tf.cast(rng.normal(0.0, 3.0, (64, 48)), dtype)
     dy = tf.cast(rng.normal(0.0, 1.0, (64, 48)), dtype)
-    seed = tf.constant([5, 6], tf.int32)
 
     def run(x, dy):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = modeling.hash_dropout(x, seed, rate)
+            y = layer(x, training=True, dropout_seed=SEED)
         return y, tape.gradient(y, x, output_gradients=dy)
 
     y, dx = tf.function(run, jit_compile=execution == "xla", autograph=False)(x, dy)
     assert y.dtype == dx.dtype == dtype
-    key = tf.random.stateless_uniform([2], seed, None, None, tf.uint32, alg="philox").numpy()
-    keep = numpy_hash_bits(x.shape, key) >= np.uint32(round(rate * 2**32))
+    if masks == "hash":  # the mask itself, from NumPy
+        site_seed = tf.random.experimental.stateless_fold_in(SEED, 3, alg="philox")
+        key = tf.random.stateless_uniform([2], site_seed, None, None, tf.uint32, alg="philox")
+        keep = numpy_hash_bits(x.shape, key.numpy()) >= np.uint32(round(rate * 2**32))
+    else:  # Philox's stream is not reproduced here: the units kept are those not zeroed
+        keep = y.numpy() != 0
     assert 0 < (~keep).sum() < keep.size
     for actual, values in ((y, x), (dx, dy)):
         exact = np.where(keep, values.numpy().astype(np.float64) / (1.0 - rate), 0.0)

@@ -18,7 +18,7 @@ pip=${PIP:-python3 -m pip}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out" "$work/wheels" "$work/site"
-out=$(cd "$out" && pwd)  # the packing below runs in another folder
+out=$(CDPATH='' cd -- "$out" && pwd)  # the packing below runs in another folder
 
 # What TensorFlow 2.21, Keras 3 and keras-hub 0.32 import, and google-crc32c (this
 # project's data_format.py imports it; the GPU machine's image has the project's other

@@ -28,7 +28,8 @@
 #           on an H100, the base step took 194 s in all (first steps 118-130 s). On an
 #           H100 (80 GB) the four BERT-large workers of bf16 and fp16 compiling together
 #           took 215 s, and keras-hub's fp16 worker aborted (2026-11-27): there, run the
-#           precisions one at a time, LARGE_PRECISIONS=bf16, then LARGE_PRECISIONS=fp16.
+#           precisions one at a time, LARGE_PRECISIONS=bf16, then LARGE_PRECISIONS=fp16,
+#           each into its own OUTPUT_DIR (the step's log and report are large.log, large.md).
 # demo      `make pretrain` (the demo: its data, 800 steps, checkpoints, evals) with this
 #           Python, on the GPU, with --precision=bf16, into OUTPUT_DIR/demo.
 # cpu_bf16  only where the host CPU has bf16 matrix instructions (AMX or AVX512-BF16):
@@ -44,6 +45,7 @@ steps=${*:-probe replicas precision large base demo cpu_bf16}
 py=${PYTHON:-python3}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
+out=$(CDPATH='' cd -- "$out" && pwd)  # the steps run from the repository's root
 export PYTHONUNBUFFERED=1
 cd "$here" || exit 1
 
