@@ -182,14 +182,16 @@ def interrupt_after(monkeypatch, steps, signum=signal.SIGINT):
     return calls
 
 
+@pytest.mark.parametrize("xla", [False, True])
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
-    workspace, tmp_path, monkeypatch
+    workspace, tmp_path, monkeypatch, xla
 ):
     overrides = dict(
         bert_config_file=workspace["configs"]["drop"],  # dropout on
         num_train_steps=8,
         save_checkpoints_steps=3,
         batch_size=4,
+        xla=xla,
     )
     straight = make_config(workspace, tmp_path / "straight", **overrides)
     training.train_and_evaluate(straight, strategy=strategy_over(2))
