@@ -622,6 +622,47 @@ def test_masked_lm_sums_matches_numpy():
     assert float(sums["correct_sum"]) == 2.5
 
 
+def test_masked_lm_gradient_and_ties_match_numpy():
+    # The loss, accuracy and gradient come from one compiled function with a written-out
+    # gradient: check the gradient of Σ weight·cross-entropy against float64.
+    rng = np.random.default_rng(7)
+    vocab = 50
+    logits = (3.0 * rng.standard_normal([2, 4, vocab])).astype(np.float32)
+    logits[1, 2, [5, 9]] = logits[1, 2].max() + 1.0  # a tie: the first maximum counts
+    ids = rng.integers(0, vocab, [2, 4]).astype(np.int32)
+    ids[0, 0] = int(np.argmax(logits[0, 0]))  # one right prediction
+    ids[1, 2] = 9  # the second of the tied maxima: not counted as right
+    weights = np.array([[1.0, 1.0, 0.5, 0.0], [1.0, 0.0, 1.0, 1.0]], np.float32)
+    logits_t = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits_t)
+        sums = modeling.masked_lm_sums(logits_t, tf.constant(ids), tf.constant(weights))
+    gradient = tape.gradient(sums["loss_sum"], logits_t).numpy()
+
+    wide = logits.astype(np.float64)
+    probs = np.exp(wide - wide.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = weights[..., None] * (probs - np.eye(vocab)[ids])
+    # Each probability errs by ≤ (V + spread + 6)·U32 relative: the shift by the row's
+    # max (≤ spread·U32 inside exp), exp (a few ulps), a sum of V terms, the division;
+    # the subtraction of the one-hot and the product with the weight add 2·U32·|g|.
+    spread = (wide.max(-1) - wide.min(-1))[..., None]
+    bound = weights[..., None] * probs * (vocab + spread + 6) * nb.U32 + 2 * nb.U32 * abs(expected)
+    assert np.all(abs(gradient - expected) <= bound)
+    predicted = np.array([[list(row).index(row.max()) for row in batch] for batch in logits])
+    assert float(sums["correct_sum"]) == float((weights * (predicted == ids)).sum())
+    assert predicted[1, 2] == 5 and ids[1, 2] == 9  # the tie above is counted as wrong
+
+
+def test_masked_lm_loss_of_an_id_outside_the_vocabulary_is_nan():
+    # What TensorFlow's own kernel gives on CPUs; a NaN loss makes the step skip its update.
+    logits = tf.zeros([1, 2, 6])
+    sums = modeling.masked_lm_sums(logits, tf.constant([[1, 6]]), tf.constant([[1.0, 1.0]]))
+    assert math.isnan(float(sums["loss_sum"]))
+    sums = modeling.masked_lm_sums(logits, tf.constant([[1, -1]]), tf.constant([[1.0, 1.0]]))
+    assert math.isnan(float(sums["loss_sum"]))
+
+
 @pytest.mark.parametrize("label_shape", [(4,), (4, 1)])
 def test_next_sentence_sums_matches_numpy(label_shape):
     logits = np.array([[2.0, -1.0], [0.0, 0.5], [3.0, 3.5], [-2.0, -4.0]], np.float32)
