@@ -654,13 +654,18 @@ def test_masked_lm_gradient_and_ties_match_numpy():
     assert predicted[1, 2] == 5 and ids[1, 2] == 9  # the tie above is counted as wrong
 
 
-def test_masked_lm_loss_of_an_id_outside_the_vocabulary_is_nan():
+def test_masked_lm_loss_of_an_id_outside_the_vocabulary_or_of_non_finite_logits_is_nan():
     # What TensorFlow's own kernel gives on CPUs; a NaN loss makes the step skip its update.
     logits = tf.zeros([1, 2, 6])
     sums = modeling.masked_lm_sums(logits, tf.constant([[1, 6]]), tf.constant([[1.0, 1.0]]))
     assert math.isnan(float(sums["loss_sum"]))
     sums = modeling.masked_lm_sums(logits, tf.constant([[1, -1]]), tf.constant([[1.0, 1.0]]))
     assert math.isnan(float(sums["loss_sum"]))
+    # A non-finite logit anywhere in a row makes that row's loss NaN too.
+    for bad in (math.nan, math.inf):
+        row = tf.constant([[[0.0, 1.0, bad, 0.0, 0.0, 0.0], [0.0] * 6]])
+        sums = modeling.masked_lm_sums(row, tf.constant([[1, 1]]), tf.constant([[1.0, 1.0]]))
+        assert math.isnan(float(sums["loss_sum"]))
 
 
 @pytest.mark.parametrize("label_shape", [(4,), (4, 1)])
