@@ -9,7 +9,9 @@ own worker process of benchmarks/bench_training.py, on the same synthetic batch,
 turns in timed windows after their warm-up, so machine noise hits both alike. Every
 other flag of bench_training.py that concerns ours (--xla, --device, --batch_size, ...)
 is given to both, except that --baseline_xla sets the baseline's --xla apart (to time
-XLA against no XLA in one checkout: --baseline_repo=. --baseline_xla=true --xla=false);
+XLA against no XLA in one checkout: --baseline_repo=. --baseline_xla=true --xla=false)
+and --baseline_precision its precision (bf16 against fp32, each with its default --xla
+unless --xla is given: --baseline_repo=. --baseline_precision=fp32 --precisions=bf16);
 keras-hub's flags, the GEMM peak's and --output have no use here.
 Prints, per config and precision, each side's median seq/s and the ratio of every pair
 of windows (after / before): the figure to quote for a change meant to be faster.
@@ -34,19 +36,20 @@ def compare(args: argparse.Namespace, config: str, precision: str) -> str:
     workers, ready = {}, {}
     repos = {"before": args.baseline_repo, "after": args.ours_repo}
     xla = {"before": args.baseline_xla, "after": args.xla}
+    precisions = {"before": args.baseline_precision or precision, "after": precision}
     try:
         for side in SIDES:  # one after the other: neither's tracing slows the other's
             spec = bench_training._worker_spec(
                 args,
                 role="ours",
                 config=config,
-                precision=precision,
+                precision=precisions[side],
                 ours_repo=repos[side],
                 xla=xla[side],
             )
             workers[side] = bench_training.Worker(spec)
             workers[side].name = side
-            ready[side] = bench_training._receive_ready(workers[side], config, precision)
+            ready[side] = bench_training._receive_ready(workers[side], config, precisions[side])
         row = bench_training._time_row(args, config, precision, workers, ready)
     finally:
         for worker in workers.values():
@@ -54,6 +57,8 @@ def compare(args: argparse.Namespace, config: str, precision: str) -> str:
     windows = row["windows"]
     ratios = sorted(a / b for a, b in zip(windows["after"], windows["before"]))
     median = row["median"]
+    if precisions["before"] != precision:
+        precision = f"{precision} (before: {precisions['before']})"
     return (
         f"| {config} | {precision} | {median['before']:.2f} | {median['after']:.2f} "
         f"| {median['after'] / median['before']:.3f} | {statistics.median(ratios):.3f} "
@@ -73,10 +78,18 @@ def main(argv: list[str]) -> int:
         help="the baseline's --xla, where it differs from the other side's (e.g. XLA against "
         "no XLA in one checkout: --baseline_repo=. --baseline_xla=true --xla=false)",
     )
+    parser.add_argument(
+        "--baseline_precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="the baseline's precision, where it differs from --precisions (e.g. our bf16 "
+        "step against our fp32 one, side by side: --baseline_repo=. --baseline_precision=fp32 "
+        "--precisions=bf16)",
+    )
     own, rest = parser.parse_known_args(argv)
     args = bench_training.parse_args(rest)
     args.baseline_repo = os.path.abspath(own.baseline_repo)
     args.baseline_xla = args.xla if own.baseline_xla is None else own.baseline_xla
+    args.baseline_precision = own.baseline_precision
     if not os.path.isfile(os.path.join(args.baseline_repo, "modeling.py")):
         parser.error(f"--baseline_repo={own.baseline_repo}: no bert-gpu checkout there")
     for flag in ("--warm_up_together", "--ours_only", "--theirs_only", "--output"):
@@ -86,7 +99,11 @@ def main(argv: list[str]) -> int:
         side: "" if x is None else f" (--xla={str(x).lower()})"
         for side, x in (("before", args.baseline_xla), ("after", args.xla))
     }
-    print(f"before: {args.baseline_repo}{xla['before']}\nafter: {args.ours_repo}{xla['after']}\n")
+    precision = f" (--precision={args.baseline_precision})" if args.baseline_precision else ""
+    print(
+        f"before: {args.baseline_repo}{xla['before']}{precision}\n"
+        f"after: {args.ours_repo}{xla['after']}\n"
+    )
     print(
         "| config | precision | before seq/s | after seq/s | after / before (medians) "
         "| after / before (median of window pairs) | window pairs |\n"
