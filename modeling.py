@@ -1419,9 +1419,7 @@ def next_sentence_sums(
         weights = tf.ones_like(labels, tf.float32)
     else:
         weights = tf.reshape(tf.cast(example_weights, tf.float32), [-1])  # [B]
-    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)  # [B]
-    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)  # [B]
-    correct = tf.cast(tf.equal(predictions, labels), tf.float32)
+    cross_entropy, correct = sparse_cross_entropy(logits, labels)  # [B] each
     return {
         "loss_sum": tf.reduce_sum(weights * cross_entropy),
         "count": tf.reduce_sum(weights),
